@@ -1,0 +1,64 @@
+# llmwall - make targets
+#   make all        the CLI, tools, examples and test programs (in build/)
+#   make run        generate Shakespeare with the embedded default model
+#   make test       build and run every test; ends with "N passed, N failed, N skipped"
+#   make test-asan  the same under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make bench      tools/bench on this machine (see bench/)
+
+CC      ?= cc
+CXX     ?= c++
+ARCH    ?= -march=native
+OPT     ?= -O3
+STB     ?= /usr/include/stb
+CFLAGS  ?= $(OPT) $(ARCH) -g
+WARN     = -Wall -Wextra
+CSTD     = -std=c11
+CXXSTD   = -std=c++17
+INC      = -I$(STB) -I.
+LIBS     = -lm -lpthread
+BUILD   ?= build
+SAN      = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+MODEL   ?= models/tiny-shakespeare.gguf
+PROMPT  ?= ROMEO:
+
+TOOLS    = $(BUILD)/llmwall $(BUILD)/mkmodel $(BUILD)/bench
+TESTS    = $(patsubst tests/%.c,$(BUILD)/%,$(wildcard tests/test_*.c)) $(BUILD)/test_cpp
+EXAMPLES = $(patsubst examples/%.c,$(BUILD)/example_%,$(wildcard examples/*.c))
+HEADERS  = llmwall.h $(wildcard wip/*.inc) tools/gguf_writer.h tests/lwtest.h
+
+.PHONY: all run test test-asan bench clean check-deps
+all: check-deps $(TOOLS) $(TESTS) $(EXAMPLES)
+
+check-deps:
+	@test -f $(STB)/stb_ds.h || { echo "stb_ds.h not found in $(STB): apt-get install libstb-dev (or make STB=dir)"; exit 1; }
+
+$(BUILD)/%: tools/%.c $(HEADERS) | $(BUILD)
+	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(INC) $< -o $@ $(LIBS)
+
+$(BUILD)/test_%: tests/test_%.c $(HEADERS) | $(BUILD)
+	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(INC) $< -o $@ $(LIBS)
+
+$(BUILD)/test_cpp: tests/test_cpp.cpp $(HEADERS) | $(BUILD)
+	$(CXX) $(CXXSTD) $(CFLAGS) $(WARN) $(INC) $< -o $@ $(LIBS)
+
+$(BUILD)/example_%: examples/%.c $(HEADERS) | $(BUILD)
+	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(INC) $< -o $@ $(LIBS)
+
+$(BUILD):
+	mkdir -p $(BUILD)
+
+run: check-deps $(BUILD)/llmwall
+	$(BUILD)/llmwall -m $(MODEL) -p "$(PROMPT)" -n 200
+
+test: check-deps $(TOOLS) $(TESTS) $(EXAMPLES)
+	@BUILD=$(BUILD) sh tests/run.sh
+
+test-asan:
+	$(MAKE) BUILD=build/asan OPT=-O1 CFLAGS="-O1 -g $(ARCH) $(SAN)" test
+
+bench: check-deps $(BUILD)/bench $(BUILD)/mkmodel $(BUILD)/llmwall
+	$(BUILD)/bench
+
+clean:
+	rm -rf build
