@@ -54,7 +54,9 @@ static void test_greedy_and_ties(void) {
     lw_sampler* s = make(8, 0.0f, 5, 0.5f, 0.1f, 1.0f, 1);
     LWT_REQUIRE(s, "create");
     LWT_CHECK(lw_sampler_sample(s, L8, NULL, 0) == 1, "argmax");
+    lw_sampler_free(s);
     float tie[5] = { 0.5f, 3.0f, 1.0f, 3.0f, 3.0f };
+    s = make(5, 0.0f, 0, 0, 0, 1.0f, 1);
     LWT_CHECK(lw_sampler_sample(s, tie, NULL, 0) == 1, "ties go to the lower id");
     lw_sampler_free(s);
     s = make(5, 1.0f, 1, 0, 0, 1.0f, 7);   // top-k 1 at temperature 1 is greedy too

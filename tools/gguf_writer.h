@@ -112,7 +112,8 @@ GW_FN void gw_tensor(gw_file* w, const char* name, uint32_t type, uint32_t n_dim
 }
 
 GW_FN void gw_finish(gw_file* w) {
-    gw_buf out = {0};
+    gw_buf out;
+    memset(&out, 0, sizeof out);
     gw_put(&out, "GGUF", 4);
     gw_u32(&out, w->version);
     gw_u64(&out, w->n_tensors);

@@ -216,10 +216,20 @@ static void json_number(FILE* f, const char* key, double v, int last) {
     if (!last) fputc(',', f);
 }
 
-// ---- streaming
+// ---- streaming: the prompt is echoed with the first generated piece, so a refused request prints
+// nothing on stdout
+
+typedef struct stream_state { const char* prompt; int started; } stream_state;
+
+static void stream_start(stream_state* st) {
+    if (st->started) return;
+    st->started = 1;
+    if (st->prompt) fputs(st->prompt, stdout);
+}
 
 static bool stream_piece(int32_t token, const char* piece, int len, void* user) {
-    (void)token; (void)user;
+    (void)token;
+    stream_start((stream_state*)user);
     fwrite(piece, 1, (size_t)len, stdout);
     fflush(stdout);
     return true;
@@ -243,7 +253,11 @@ int main(int argc, char** argv) {
     lw_model_desc md;
     memset(&md, 0, sizeof md);
     md.logger = logger;
-    if (lw_model_load(&model, o.model, &md) != LW_OK) { fprintf(stderr, "error: %s\n", lw_last_error()); return 1; }
+    if (lw_model_load(&model, o.model, &md) != LW_OK) {
+        fprintf(stderr, "error: %s\n", lw_last_error());
+        free(o.prompt_ids);
+        return 1;
+    }
     lw_backend_desc bd;
     memset(&bd, 0, sizeof bd);
     bd.kind = o.backend;
@@ -259,6 +273,7 @@ int main(int argc, char** argv) {
         fprintf(stderr, "error: %s\n", lw_last_error());
         lw_backend_free(backend);
         lw_model_free(model);
+        free(o.prompt_ids);
         return 1;
     }
     lw_generate_desc gd;
@@ -268,15 +283,17 @@ int main(int argc, char** argv) {
     gd.n_prompt_ids = o.n_prompt_ids;
     gd.max_tokens = o.n_predict;
     gd.sampler = o.sampler;
+    stream_state st = { o.prompt_ids ? NULL : o.prompt, 0 };
     if (!o.json) {
         gd.on_token = stream_piece;
-        if (o.prompt) { fputs(o.prompt, stdout); fflush(stdout); }
+        gd.user = &st;
     }
     lw_generate_result res;
     lw_result r = lw_generate(ctx, &gd, &res);
     int status = 0;
     if (r != LW_OK) {
-        fprintf(stderr, "%serror: %s\n", o.json ? "" : "\n", lw_last_error());
+        if (st.started) printf("\n");
+        fprintf(stderr, "error: %s\n", lw_last_error());
         status = 1;
     } else if (o.json) {
         FILE* f = stdout;
@@ -295,6 +312,7 @@ int main(int argc, char** argv) {
         fprintf(f, "\"forwards\":%d,\"threads\":%d,\"backend\":\"%s\"}}\n", res.forwards, lw_backend_threads(backend),
                 lw_backend_name(backend));
     } else {
+        stream_start(&st);   // nothing generated: still show the prompt
         printf("\n");
         fprintf(stderr, "[%d prompt + %d generated tokens (%s), ttft %.1f ms, %.2f ms/token, %.1f tokens/s, %s x%d]\n",
                 res.n_prompt, res.n_ids, finish_name(res.finish), res.ttft_ms, res.tpot_ms, res.tokens_per_s,
