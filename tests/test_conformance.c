@@ -1,9 +1,14 @@
-/* test_conformance - llmwall against llama.cpp on ../shared/models/stories260K.gguf
+/* test_conformance - llmwall against independent implementations of the same models
 
-   ../shared/ref/stories260K holds what llama.cpp (CPU, F32 KV cache) computed: the tokenization of
-   two prompts, 64 greedy ids after each, and the 512 logits of the first generated position of p1.
-   Checks: our tokenization equals llama.cpp's; our 64 greedy ids equal llama.cpp's (from text and from
-   ids, 1 and 2 threads); our first logits are within 1e-4 of llama.cpp's (measured: about 1e-5).
+   1. llama.cpp on ../shared/models/stories260K.gguf. ../shared/ref/stories260K holds what llama.cpp
+      (CPU, F32 KV cache) computed: the tokenization of two prompts, 64 greedy ids after each, and the
+      512 logits of the first generated position of p1. Our tokenization equals llama.cpp's, our 64 greedy
+      ids equal llama.cpp's (from text and from ids, 1 and 2 threads), and our first logits are within
+      1e-4 of llama.cpp's (measured: about 1e-5).
+   2. PyTorch on the embedded default, models/tiny-shakespeare.gguf: tools/train_tiny.py recorded in
+      models/tiny-shakespeare.json the prompt's ids (SentencePiece), PyTorch's 64 greedy ids and its
+      first-position logits (computed from the F16-rounded weights in float32). Ours must equal the ids,
+      and the logits within 1e-3 (float32 sums in another order; measured about 1e-5).
 */
 #define LLMWALL_IMPLEMENTATION
 #include "../llmwall.h"
@@ -121,6 +126,100 @@ static void test_first_logits(void) {
     lw_backend_free(be);
 }
 
+// ---- the embedded default against PyTorch (numbers from models/tiny-shakespeare.json)
+
+// the numbers of the JSON array under "key" inside the object "greedy"
+static int json_numbers(const char* json, const char* key, double* out, int max) {
+    const char* g = strstr(json, "\"greedy\"");
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\"", key);
+    const char* p = g ? strstr(g, pat) : NULL;
+    if (!p || !(p = strchr(p, '['))) return -1;
+    int n = 0;
+    for (p++; *p && *p != ']' && n < max;) {
+        char* end;
+        double v = strtod(p, &end);
+        if (end == p) { p++; continue; }
+        out[n++] = v;
+        p = end;
+    }
+    return n;
+}
+
+// the string under "prompt" inside "greedy", unescaped (\n, \", \\ only)
+static char* json_prompt(const char* json) {
+    const char* g = strstr(json, "\"greedy\"");
+    const char* p = g ? strstr(g, "\"prompt\"") : NULL;
+    if (!p || !(p = strchr(p + 8, '"'))) return NULL;
+    char* out = (char*)malloc(strlen(p) + 1);
+    size_t n = 0;
+    for (p++; *p && *p != '"'; p++) {
+        if (*p == '\\' && p[1]) { p++; out[n++] = *p == 'n' ? '\n' : *p; }
+        else out[n++] = *p;
+    }
+    out[n] = 0;
+    return out;
+}
+
+static void test_tiny_shakespeare_vs_pytorch(void) {
+    char* json = lwt_read_file("models/tiny-shakespeare.json", NULL);
+    if (!json) LWT_SKIP("models/tiny-shakespeare.json not found (run from the repository root)");
+    static double num[4096];
+    int32_t prompt[256], want[64];
+    int np = json_numbers(json, "prompt_ids", num, 256);
+    for (int i = 0; i < np; i++) prompt[i] = (int32_t)num[i];
+    int nw = json_numbers(json, "ids", num, 64);
+    for (int i = 0; i < nw; i++) want[i] = (int32_t)num[i];
+    static double ref_logits[4096];
+    int nl = json_numbers(json, "first_logits", ref_logits, 4096);
+    char* text = json_prompt(json);
+    free(json);
+    LWT_REQUIRE(np > 0 && nw == 64 && nl > 0 && text, "reference numbers in the JSON");
+    lw_model* m;
+    LWT_REQUIRE(lw_model_load(&m, "models/tiny-shakespeare.gguf", NULL) == LW_OK, "load: %s", lw_last_error());
+    lw_model_info info;
+    memset(&info, 0, sizeof info);
+    lw_model_get_info(m, &info);
+    LWT_CHECK(nl == info.n_vocab, "first logits: %d values for %d tokens", nl, info.n_vocab);
+    int32_t ids[256];
+    int n = 0;
+    LWT_CHECK(lw_tokenize(m, text, strlen(text), LW_TOKENIZE_ADD_SPECIAL, ids, 256, &n) == LW_OK && n == np &&
+              memcmp(ids, prompt, (size_t)np * 4) == 0, "SentencePiece's ids for the prompt (%d vs %d)", n, np);
+    lw_backend* be;
+    lw_ctx* ctx;
+    LWT_REQUIRE(lw_backend_create(&be, NULL) == LW_OK && lw_ctx_create(&ctx, m, be, NULL) == LW_OK, "context");
+    lw_generate_desc gd;
+    memset(&gd, 0, sizeof gd);
+    gd.prompt = text;
+    gd.max_tokens = 64;
+    lw_generate_result res;
+    LWT_CHECK(lw_generate(ctx, &gd, &res) == LW_OK, "generate: %s", lw_last_error());
+    int first_diff = -1;
+    for (int i = 0; i < 64 && first_diff < 0; i++)
+        if (i >= res.n_ids || res.ids[i] != want[i]) first_diff = i;
+    LWT_CHECK(first_diff < 0, "greedy ids equal PyTorch's (first difference at %d of %d)", first_diff, res.n_ids);
+    lw_generate_result_free(&res);
+    // first-position logits
+    lw_seq s = { 0 };
+    lw_seq_create(ctx, &s);
+    lw_row rows[256];
+    for (int i = 0; i < np; i++) { rows[i].token = prompt[i]; rows[i].position = i; rows[i].seq = s; rows[i].wants_logits = i == np - 1; rows[i].commits = 1; }
+    float* logits = (float*)malloc((size_t)info.n_vocab * sizeof(float));
+    lw_batch b;
+    memset(&b, 0, sizeof b);
+    b.rows = rows; b.n_rows = np; b.logits = logits;
+    LWT_CHECK(lw_ctx_forward(ctx, &b) == LW_OK, "forward");
+    double maxe = 0;
+    for (int i = 0; i < info.n_vocab && i < nl; i++) maxe = fmax(maxe, fabs(logits[i] - ref_logits[i]));
+    printf("  tiny-shakespeare first logits: max |diff| against PyTorch %.3g\n", maxe);
+    LWT_CHECK(maxe < 1e-3, "max |logit - PyTorch| = %.3g", maxe);
+    free(logits);
+    free(text);
+    lw_ctx_free(ctx);
+    lw_backend_free(be);
+    lw_model_free(m);
+}
+
 int main(int argc, char** argv) {
     lwt_init(argc, argv);
     if (lw_model_load(&model, lwt_shared("models/stories260K.gguf"), NULL) != LW_OK) {
@@ -135,6 +234,7 @@ int main(int argc, char** argv) {
     LWT_RUN(test_greedy_p1_one_thread);
     LWT_RUN(test_greedy_p1_text);
     LWT_RUN(test_greedy_p2_text);
+    LWT_RUN(test_tiny_shakespeare_vs_pytorch);
     lw_model_free(model);
     return lwt_finish();
 }

@@ -5,8 +5,9 @@
    - Q8_0 and Q4_0 quantisers bit for bit against llama.cpp's reference formulas written out here,
      and their round-trip error within the bound of the format (Q8_0: 0.6 d, Q4_0: 1.01 |d|, where d is
      the block's scale, for scales that are normal halves);
-   - every type's dot kernel against a double-precision sum over the dequantised row, on awkward
-     lengths, within |err| <= 1e-5 * sum |w x| (float accumulation of n terms).
+   - every type's dot kernel against a double-precision sum over the dequantised row and the
+     activations in the kernel's input type (F32, or Q8_0 for quantised weights), on awkward lengths,
+     within |err| <= 1e-5 * sum |w x| (float accumulation of n terms).
 */
 #define LLMWALL_IMPLEMENTATION
 #include "../llmwall.h"
@@ -149,14 +150,17 @@ static void test_dot_kernels(void) {
             float* w = (float*)malloc((size_t)n * 4);
             float* x = (float*)malloc((size_t)n * 4);
             void* q = malloc(lw_type_row_size(types[t], n));
+            void* xv = malloc(lw_type_row_size(tr->vec_type, n));   // x as the kernel takes it
             for (int i = 0; i < n; i++) { w[i] = frand(); x[i] = frand() * 3.0f; }
             lw_quantize(types[t], w, q, n);
             lw_dequantize(types[t], q, w, n);
+            lw_quantize(tr->vec_type, x, xv, n);
+            lw_dequantize(tr->vec_type, xv, x, n);
             double ref = 0, mag = 0;
             for (int i = 0; i < n; i++) { ref += (double)w[i] * x[i]; mag += fabs((double)w[i] * x[i]); }
-            float got = tr->dot(q, x, n);
+            float got = tr->dot(q, xv, n);
             LWT_CHECK(fabs(got - ref) <= 1e-5 * mag + 1e-30, "%s dot, n = %d: %.9g vs %.9g", tr->name, n, (double)got, ref);
-            free(w); free(x); free(q);
+            free(w); free(x); free(q); free(xv);
         }
     }
 }
