@@ -208,31 +208,11 @@ static void put_tensor(gw_file* w, const spec* s, const char* name, uint32_t typ
     free(data);
 }
 
-// GPT-2's byte <-> printable code point map
-static int byte_char(int b) {
-    if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255)) return b;
-    int k = 0;
-    for (int c = 0; c < b; c++)
-        if (!((c >= 33 && c <= 126) || (c >= 161 && c <= 172) || (c >= 174 && c <= 255))) k++;
-    return 256 + k;
-}
-
-// ids 0-255 the bytes, then <s>, </s>, unused control tokens (as tools/mkmodel.c writes it)
+// ids 0-255 the bytes, then <s>, </s>, unused control tokens (gw_byte_vocab, as tools/mkmodel.c writes it)
 static void byte_vocab(gw_file* w, const spec* s, int n) {
     char** toks = (char**)malloc((size_t)n * sizeof(char*));
     int32_t* types = (int32_t*)malloc((size_t)n * sizeof(int32_t));
-    for (int i = 0; i < n; i++) {
-        toks[i] = (char*)malloc(32);
-        if (i < 256) {
-            int cp = byte_char(i);
-            if (cp < 0x80) { toks[i][0] = (char)cp; toks[i][1] = 0; }
-            else { toks[i][0] = (char)(0xC0 | (cp >> 6)); toks[i][1] = (char)(0x80 | (cp & 63)); toks[i][2] = 0; }
-            types[i] = 1;
-        } else {
-            snprintf(toks[i], 32, i == 256 ? "<s>" : i == 257 ? "</s>" : "<unused%d>", i - 258);
-            types[i] = 3;
-        }
-    }
+    gw_byte_vocab(n, 0, toks, types);
     put_str(w, s, "tokenizer.ggml.model", "gpt2");
     put_str(w, s, "tokenizer.ggml.pre", "gpt-2");
     if (!put_changed(w, s, "tokenizer.ggml.tokens")) gw_kv_arr_str(w, "tokenizer.ggml.tokens", (const char* const*)toks, NULL, (uint64_t)n);
@@ -240,7 +220,7 @@ static void byte_vocab(gw_file* w, const spec* s, int n) {
     if (!put_changed(w, s, "tokenizer.ggml.merges")) gw_kv_arr_str(w, "tokenizer.ggml.merges", NULL, NULL, 0);
     put_u32(w, s, "tokenizer.ggml.bos_token_id", 256);
     put_u32(w, s, "tokenizer.ggml.eos_token_id", 257);
-    for (int i = 0; i < n; i++) free(toks[i]);
+    gw_free_strings(toks, n);
     free(toks);
     free(types);
 }

@@ -111,6 +111,31 @@ GW_FN void gw_tensor(gw_file* w, const char* name, uint32_t type, uint32_t n_dim
     while (pad) { size_t k = pad < 256 ? pad : 256; gw_put(&w->blobs, zeros, k); pad -= k; }
 }
 
+// A byte-level ("gpt2") vocabulary of n tokens: ids 0-255 are the bytes as GPT-2's printable code points
+// (printable bytes map to themselves, the others to U+0100 + k in order), then <s> (256), </s> (257),
+// and control tokens <unused0>... to n (the last one <mask> when with_mask). Fills toks[n] (free each
+// with gw_free_strings) and types[n] (tokenizer.ggml.token_type values).
+GW_FN void gw_byte_vocab(int n, int with_mask, char** toks, int32_t* types) {
+    int non_printable = 0;   // bytes below the current one that are not printable
+    for (int i = 0; i < n; i++) {
+        toks[i] = (char*)malloc(32);
+        if (!toks[i]) { fprintf(stderr, "gguf_writer: out of memory\n"); exit(1); }
+        if (i < 256) {
+            int printable = (i >= 33 && i <= 126) || (i >= 161 && i <= 172) || (i >= 174 && i <= 255);
+            int cp = printable ? i : 256 + non_printable++;
+            if (cp < 0x80) { toks[i][0] = (char)cp; toks[i][1] = 0; }
+            else { toks[i][0] = (char)(0xC0 | (cp >> 6)); toks[i][1] = (char)(0x80 | (cp & 63)); toks[i][2] = 0; }
+            types[i] = 1;
+        } else {
+            snprintf(toks[i], 32, i == 256 ? "<s>" : i == 257 ? "</s>" : with_mask && i == n - 1 ? "<mask>" : "<unused%d>", i - 258);
+            types[i] = 3;
+        }
+    }
+}
+GW_FN void gw_free_strings(char** strs, int n) {
+    for (int i = 0; i < n; i++) free(strs[i]);
+}
+
 GW_FN void gw_finish(gw_file* w) {
     gw_buf out;
     memset(&out, 0, sizeof out);

@@ -124,31 +124,11 @@ static int copy_vocab(gw_file* w, const char* path) {
     return n_tokens;
 }
 
-// GPT-2's byte <-> printable code point map: printable bytes map to themselves, the rest to 256 + k
-static int byte_char(int b) {
-    if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255)) return b;
-    int k = 0;
-    for (int c = 0; c < b; c++)
-        if (!((c >= 33 && c <= 126) || (c >= 161 && c <= 172) || (c >= 174 && c <= 255))) k++;
-    return 256 + k;
-}
-
-// A byte-level vocabulary: ids 0-255 the bytes, then <s>, </s>, and unused control tokens to n.
+// A byte-level vocabulary (see gw_byte_vocab), with BOS and EOS.
 static void byte_vocab(gw_file* w, int n, int with_mask) {
     char** toks = (char**)malloc((size_t)n * sizeof(char*));
     int32_t* types = (int32_t*)malloc((size_t)n * sizeof(int32_t));
-    for (int i = 0; i < n; i++) {
-        toks[i] = (char*)malloc(32);
-        if (i < 256) {
-            int cp = byte_char(i);
-            if (cp < 0x80) { toks[i][0] = (char)cp; toks[i][1] = 0; }
-            else { toks[i][0] = (char)(0xC0 | (cp >> 6)); toks[i][1] = (char)(0x80 | (cp & 63)); toks[i][2] = 0; }
-            types[i] = 1;
-        } else {
-            snprintf(toks[i], 32, i == 256 ? "<s>" : i == 257 ? "</s>" : with_mask && i == n - 1 ? "<mask>" : "<unused%d>", i - 258);
-            types[i] = 3;
-        }
-    }
+    gw_byte_vocab(n, with_mask, toks, types);
     gw_kv_str(w, "tokenizer.ggml.model", "gpt2");
     gw_kv_str(w, "tokenizer.ggml.pre", "gpt-2");
     gw_kv_arr_str(w, "tokenizer.ggml.tokens", (const char* const*)toks, NULL, (uint64_t)n);
@@ -156,7 +136,7 @@ static void byte_vocab(gw_file* w, int n, int with_mask) {
     gw_kv_arr_str(w, "tokenizer.ggml.merges", NULL, NULL, 0);
     gw_kv_u32(w, "tokenizer.ggml.bos_token_id", 256);
     gw_kv_u32(w, "tokenizer.ggml.eos_token_id", 257);
-    for (int i = 0; i < n; i++) free(toks[i]);
+    gw_free_strings(toks, n);
     free(toks);
     free(types);
 }
