@@ -397,6 +397,7 @@ typedef struct lw_backend lw_backend;
 typedef struct lw_backend_desc {
     lw_backend_kind kind;
     int             n_threads; // CPU threads (0: all online cores)
+    const char*     cpu_kernels; // CPU kernel set: NULL or "auto" (the best this CPU runs), "portable", "avx2", "avx512"
     int             device;    // CUDA device index
     lw_allocator    allocator;
     lw_logger       logger;
@@ -405,6 +406,7 @@ typedef struct lw_backend_desc {
 LWDEF lw_result   lw_backend_create(lw_backend** out, const lw_backend_desc* desc);   // desc may be NULL
 LWDEF void        lw_backend_free(lw_backend* backend);
 LWDEF const char* lw_backend_name(const lw_backend* backend);   // "cpu", "cuda"
+LWDEF const char* lw_backend_kernels(const lw_backend* backend); // the CPU kernel set in use ("avx512", ...)
 LWDEF int         lw_backend_threads(const lw_backend* backend);
 
 // >>ctx-api -------------------------------------------------------------------------------------------
@@ -3752,26 +3754,70 @@ static void lw__split(int64_t n, int ith, int nth, int64_t* begin, int64_t* end)
 // work is split (batch invariance). A weight row is read from memory once and reused from L1 for the
 // other rows of a row tile.
 
-#define LW__ROW_TILE 16        // rows that share one pass over a weight slice
+// ---- kernels: matrix products in tiles
+//
+// A tile function computes y[r][j] (+)= dot(W row j, x row r) for j < nj and r < nr: W rows of k
+// elements in the weight type (w_row bytes apart), x rows in the type's vec_type (x_row bytes apart).
+// Contract (batch invariance): y[r][j] depends only on W row j, x row r and k -- never on nj, nr or where
+// the pair sits in the tile -- so any tiling of a product gives the same numbers, and nj = nr = 1 is the
+// dot product. A kernel set may use the CPU's vector instructions; the portable set calls the traits'
+// dot products.
 
-// y[r][j] (+)= dot(W row j, x row r) for the output columns [j0, j1) and rows [0, n).
+typedef void (*lw__tile_fn)(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k,
+                            int nj, int nr, float* y, size_t y_stride, int accumulate);
+
+typedef struct lw__cpu_kernels {
+    const char*  name;                   // "portable", ...
+    int          tile_cols, tile_rows;   // the largest nj and nr its tile functions take
+    lw__tile_fn  tile[LW_TYPE_COUNT];    // by weight type (NULL: the type has no kernels)
+} lw__cpu_kernels;
+
+#define LW__PORTABLE_TILE(pfx) \
+    static void lw__tile_##pfx(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr, \
+                               float* y, size_t y_stride, int accumulate) { \
+        for (int j = 0; j < nj; j++) \
+            for (int r = 0; r < nr; r++) { \
+                float v = lw__dot_##pfx(w + (size_t)j * w_row, x + (size_t)r * x_row, k); \
+                float* out = y + (size_t)r * y_stride + j; \
+                *out = accumulate ? *out + v : v; \
+            } \
+    }
+LW__PORTABLE_TILE(f32)
+LW__PORTABLE_TILE(f16)
+LW__PORTABLE_TILE(bf16)
+LW__PORTABLE_TILE(q8_0)
+LW__PORTABLE_TILE(q4_0)
+
+static lw__cpu_kernels lw__portable_kernels(void) {
+    lw__cpu_kernels k;
+    memset(&k, 0, sizeof k);
+    k.name = "portable";
+    k.tile_cols = 4;
+    k.tile_rows = 16;
+    k.tile[LW_TYPE_F32] = lw__tile_f32;
+    k.tile[LW_TYPE_F16] = lw__tile_f16;
+    k.tile[LW_TYPE_BF16] = lw__tile_bf16;
+    k.tile[LW_TYPE_Q8_0] = lw__tile_q8_0;
+    k.tile[LW_TYPE_Q4_0] = lw__tile_q4_0;
+    return k;
+}
+
+#include "wip/lw_kernels_x86.inc"   // vector kernel sets and lw__select_kernels (being written; merged later)
+
+// y[r][j] (+)= dot(W row j, x row r) for the output columns [j0, j1) and rows [0, n), in tiles: the
+// weight rows of a column tile stay in L1 while every row tile passes over them.
 // W: [k, m] (GGUF order: m rows of k elements); x: n rows in W's vec_type, x_row bytes apart; y: [n][y_stride].
-static void lw__matmul_part(const lw__tensor* W, const uint8_t* x, size_t x_row, float* y, int y_stride,
-                            int n, int64_t j0, int64_t j1, bool accumulate) {
-    const lw__type_traits* t = lw__traits((uint32_t)W->type);
+static void lw__matmul_part(const lw__cpu_kernels* K, const lw__tensor* W, const uint8_t* x, size_t x_row, float* y,
+                            int y_stride, int n, int64_t j0, int64_t j1, bool accumulate) {
+    lw__tile_fn tile = K->tile[W->type];
     int k = (int)W->ne[0];
     size_t w_row = lw_type_row_size(W->type, k);
     const uint8_t* base = (const uint8_t*)W->data;
-    for (int r0 = 0; r0 < n; r0 += LW__ROW_TILE) {
-        int r1 = LW__MIN(n, r0 + LW__ROW_TILE);
-        for (int64_t j = j0; j < j1; j++) {
-            const void* wrow = base + (size_t)j * w_row;
-            for (int r = r0; r < r1; r++) {
-                float v = t->dot(wrow, x + (size_t)r * x_row, k);
-                float* out = y + (size_t)r * y_stride + j;
-                *out = accumulate ? *out + v : v;
-            }
-        }
+    for (int64_t j = j0; j < j1; j += K->tile_cols) {
+        int nj = (int)LW__MIN((int64_t)K->tile_cols, j1 - j);
+        for (int r = 0; r < n; r += K->tile_rows)
+            tile(base + (size_t)j * w_row, w_row, x + (size_t)r * x_row, x_row, k, nj, LW__MIN(K->tile_rows, n - r),
+                 y + (size_t)r * y_stride + j, (size_t)y_stride, accumulate);
     }
 }
 
@@ -3847,9 +3893,10 @@ static bool lw__mask_allows(const lw__fwd_seq* s, const lw_row* rows, int i, int
 }
 
 typedef struct lw__cpu {
-    lw_allocator  allocator;
-    lw_logger     logger;
-    lw__pool      pool;
+    lw_allocator     allocator;
+    lw_logger        logger;
+    lw__pool         pool;
+    lw__cpu_kernels  kernels;
     uint8_t*      scratch;       // grown on demand
     size_t        scratch_size;
 } lw__cpu;
@@ -3866,7 +3913,9 @@ typedef struct lw__cpu_job {
     uint8_t*           kb;       // [n][kv_dim]    K of the batch rows in the KV type
     uint8_t*           vb;       // [n][kv_dim]    V likewise
     float*             att;      // [n][q_dim]     attention output
-    float*             hb;       // [n][n_ff]      SwiGLU activations
+    const lw__cpu_kernels* K;    // the kernel set in use
+    float*             hb;       // [n][n_ff]      gate, then SwiGLU activations
+    float*             hb2;      // [n][n_ff]      up
     uint8_t*           xq;       // [n][max width] the input of the next matrix product, as Q8_0 (quantised weights)
     float*             rope;     // [n][rope_dim]  cos/sin pairs per row
     float*             scores;   // [nth][max_visible] attention scores, one buffer per thread
@@ -3890,14 +3939,17 @@ static void lw__cpu_attend(const lw__cpu_job* J, int layer, int r, int h, float*
     float scale = 1.0f / sqrtf((float)hd);
     int i = J->row_in_seq[r], n = 0;
 
+    lw__tile_fn score = J->K->tile[L->kv_type];   // a K entry . q, as a 1 x 1 tile
     float mx = -INFINITY;
     for (int p = 0; p < s->kv_len; p++, n++) {
-        scores[n] = kt->dot(lw__kv_entry(L, f->kv_pool, s->pages, p, layer, 0) + kv_off, q, hd) * scale;
+        score(lw__kv_entry(L, f->kv_pool, s->pages, p, layer, 0) + kv_off, 0, (const uint8_t*)q, 0, hd, 1, 1, &scores[n], 0, 0);
+        scores[n] *= scale;
         mx = LW__MAX(mx, scores[n]);
     }
     for (int j = 0; j < s->n_rows; j++) {
         if (!lw__mask_allows(s, f->rows, i, j)) continue;
-        scores[n] = kt->dot(J->kb + (size_t)s->rows[j] * kv_row + kv_off, q, hd) * scale;
+        score(J->kb + (size_t)s->rows[j] * kv_row + kv_off, 0, (const uint8_t*)q, 0, hd, 1, 1, &scores[n], 0, 0);
+        scores[n] *= scale;
         mx = LW__MAX(mx, scores[n]);
         n++;
     }
@@ -3965,13 +4017,13 @@ static void lw__cpu_forward_thread(void* arg, int ith, int nth) {
         // Q, K and V as one range of output columns
         lw__split((int64_t)q_dim + 2 * kv_dim, ith, nth, &a, &b);
         if (a < q_dim)
-            lw__matmul_part(&W->wq, lw__input(&W->wq, J->xb, J->xq), lw__input_row(&W->wq, d), J->q, q_dim, n, a,
+            lw__matmul_part(J->K, &W->wq, lw__input(&W->wq, J->xb, J->xq), lw__input_row(&W->wq, d), J->q, q_dim, n, a,
                             LW__MIN(b, q_dim), false);
         if (b > q_dim && a < q_dim + kv_dim)
-            lw__matmul_part(&W->wk, lw__input(&W->wk, J->xb, J->xq), lw__input_row(&W->wk, d), J->k, kv_dim, n,
+            lw__matmul_part(J->K, &W->wk, lw__input(&W->wk, J->xb, J->xq), lw__input_row(&W->wk, d), J->k, kv_dim, n,
                             LW__MAX(a - q_dim, 0), LW__MIN(b - q_dim, kv_dim), false);
         if (b > q_dim + kv_dim)
-            lw__matmul_part(&W->wv, lw__input(&W->wv, J->xb, J->xq), lw__input_row(&W->wv, d), J->v, kv_dim, n,
+            lw__matmul_part(J->K, &W->wv, lw__input(&W->wv, J->xb, J->xq), lw__input_row(&W->wv, d), J->v, kv_dim, n,
                             LW__MAX(a - q_dim - kv_dim, 0), b - q_dim - kv_dim, false);
         lw__barrier(J->pool);
 
@@ -4005,7 +4057,7 @@ static void lw__cpu_forward_thread(void* arg, int ith, int nth) {
             lw__barrier(J->pool);
         }
         lw__split(d, ith, nth, &a, &b);
-        lw__matmul_part(&W->wo, lw__input(&W->wo, J->att, J->xq), lw__input_row(&W->wo, q_dim), J->x, d, n, a, b, true);
+        lw__matmul_part(J->K, &W->wo, lw__input(&W->wo, J->att, J->xq), lw__input_row(&W->wo, q_dim), J->x, d, n, a, b, true);
         lw__barrier(J->pool);
 
         bool ffn_q8 = lw__wants_q8(&W->w_gate) || lw__wants_q8(&W->w_up);
@@ -4015,25 +4067,15 @@ static void lw__cpu_forward_thread(void* arg, int ith, int nth) {
         }
         lw__barrier(J->pool);
 
-        // gate and up for the same columns on the same thread, fused into SwiGLU
-        {
-            const lw__type_traits* gt = lw__traits((uint32_t)W->w_gate.type);
-            const lw__type_traits* ut = lw__traits((uint32_t)W->w_up.type);
-            size_t g_row = lw_type_row_size(W->w_gate.type, d), u_row = lw_type_row_size(W->w_up.type, d);
-            const uint8_t* gx = lw__input(&W->w_gate, J->xb, J->xq);
-            const uint8_t* ux = lw__input(&W->w_up, J->xb, J->xq);
-            size_t gx_row = lw__input_row(&W->w_gate, d), ux_row = lw__input_row(&W->w_up, d);
-            lw__split(ff, ith, nth, &a, &b);
-            for (int r0 = 0; r0 < n; r0 += LW__ROW_TILE) {
-                int r1 = LW__MIN(n, r0 + LW__ROW_TILE);
-                for (int64_t j = a; j < b; j++) {
-                    const void* gw = (const uint8_t*)W->w_gate.data + (size_t)j * g_row;
-                    const void* uw = (const uint8_t*)W->w_up.data + (size_t)j * u_row;
-                    for (int r = r0; r < r1; r++)
-                        J->hb[(size_t)r * ff + j] = lw__silu(gt->dot(gw, gx + (size_t)r * gx_row, d)) * ut->dot(uw, ux + (size_t)r * ux_row, d);
-                }
+        // gate and up for the same columns on the same thread, then SwiGLU on those columns
+        lw__split(ff, ith, nth, &a, &b);
+        lw__matmul_part(J->K, &W->w_gate, lw__input(&W->w_gate, J->xb, J->xq), lw__input_row(&W->w_gate, d), J->hb, ff, n, a, b, false);
+        lw__matmul_part(J->K, &W->w_up, lw__input(&W->w_up, J->xb, J->xq), lw__input_row(&W->w_up, d), J->hb2, ff, n, a, b, false);
+        for (int r = 0; r < n; r++)
+            for (int64_t j = a; j < b; j++) {
+                size_t i = (size_t)r * ff + (size_t)j;
+                J->hb[i] = lw__silu(J->hb[i]) * J->hb2[i];
             }
-        }
         lw__barrier(J->pool);
 
         if (lw__wants_q8(&W->w_down)) {
@@ -4041,7 +4083,7 @@ static void lw__cpu_forward_thread(void* arg, int ith, int nth) {
             lw__barrier(J->pool);
         }
         lw__split(d, ith, nth, &a, &b);
-        lw__matmul_part(&W->w_down, lw__input(&W->w_down, J->hb, J->xq), lw__input_row(&W->w_down, ff), J->x, d, n, a, b, true);
+        lw__matmul_part(J->K, &W->w_down, lw__input(&W->w_down, J->hb, J->xq), lw__input_row(&W->w_down, ff), J->x, d, n, a, b, true);
         lw__barrier(J->pool);
     }
 
@@ -4052,7 +4094,7 @@ static void lw__cpu_forward_thread(void* arg, int ith, int nth) {
     }
     lw__barrier(J->pool);
     lw__split(c->n_vocab, ith, nth, &a, &b);
-    lw__matmul_part(&w->output, lw__input(&w->output, J->xb, J->xq), lw__input_row(&w->output, d), f->logits, c->n_vocab,
+    lw__matmul_part(J->K, &w->output, lw__input(&w->output, J->xb, J->xq), lw__input_row(&w->output, d), f->logits, c->n_vocab,
                     J->n_logits, a, b, false);
 }
 
@@ -4068,13 +4110,14 @@ static lw_result lw__cpu_forward(void* self, void* prepared, const lw__fwd* f) {
 
     // carve the scratch buffer; each piece 64-byte aligned
     int widest = LW__MAX(c->n_embd, LW__MAX(q_dim, c->n_ff));
-    size_t sizes[13] = {
+    enum { N_BUF = 14 };
+    size_t sizes[N_BUF] = {
         (size_t)n * c->n_embd * 4, (size_t)n * c->n_embd * 4, (size_t)n * q_dim * 4, (size_t)n * kv_dim * 4,
         (size_t)n * kv_dim * 4, (size_t)n * kv_row, (size_t)n * kv_row, (size_t)n * q_dim * 4,
         (size_t)n * c->n_ff * 4, (size_t)n * (c->rope_dim + 1) * 4, (size_t)nth * max_visible * 4, (size_t)n * 8,
-        (size_t)n * lw_type_row_size(LW_TYPE_Q8_0, (widest + 31) / 32 * 32) };
+        (size_t)n * lw_type_row_size(LW_TYPE_Q8_0, (widest + 31) / 32 * 32), (size_t)n * c->n_ff * 4 };
     size_t total = 0;
-    for (int i = 0; i < 13; i++) total += (sizes[i] + 63) & ~(size_t)63;
+    for (int i = 0; i < N_BUF; i++) total += (sizes[i] + 63) & ~(size_t)63;
     if (total > cpu->scratch_size) {
         uint8_t* p = (uint8_t*)lw__alloc(&cpu->allocator, total);
         if (!p) return lw__fail(&cpu->logger, LW_OUT_OF_MEMORY, "cpu: out of memory for %zu bytes of forward scratch", total);
@@ -4082,9 +4125,9 @@ static lw_result lw__cpu_forward(void* self, void* prepared, const lw__fwd* f) {
         cpu->scratch = p;
         cpu->scratch_size = total;
     }
-    uint8_t* ptrs[13];
+    uint8_t* ptrs[N_BUF];
     uint8_t* p = cpu->scratch;
-    for (int i = 0; i < 13; i++) { ptrs[i] = p; p += (sizes[i] + 63) & ~(size_t)63; }
+    for (int i = 0; i < N_BUF; i++) { ptrs[i] = p; p += (sizes[i] + 63) & ~(size_t)63; }
 
     lw__cpu_job J;
     J.f = f;
@@ -4092,6 +4135,8 @@ static lw_result lw__cpu_forward(void* self, void* prepared, const lw__fwd* f) {
     J.x = (float*)ptrs[0]; J.xb = (float*)ptrs[1]; J.q = (float*)ptrs[2]; J.k = (float*)ptrs[3]; J.v = (float*)ptrs[4];
     J.kb = ptrs[5]; J.vb = ptrs[6]; J.att = (float*)ptrs[7]; J.hb = (float*)ptrs[8]; J.rope = (float*)ptrs[9];
     J.xq = ptrs[12];
+    J.hb2 = (float*)ptrs[13];
+    J.K = &cpu->kernels;
     J.scores = (float*)ptrs[10];
     J.max_visible = max_visible;
     J.row_in_seq = (int32_t*)ptrs[11];
@@ -4150,11 +4195,15 @@ static int lw__online_cores(void) {
 #endif
 }
 
-static lw_result lw__cpu_create(int n_threads, const lw_allocator* a, const lw_logger* logger, void** out) {
+static lw_result lw__cpu_create(int n_threads, const char* kernels, const lw_allocator* a, const lw_logger* logger, void** out) {
+    lw__cpu_kernels K;
+    if (!lw__select_kernels(kernels, &K))
+        return lw__fail(logger, LW_BACKEND_UNAVAILABLE, "cpu: kernel set '%s' is unknown or this CPU cannot run it", kernels);
     lw__cpu* cpu = (lw__cpu*)lw__calloc(a, 1, sizeof(lw__cpu));
     if (!cpu) return lw__fail(logger, LW_OUT_OF_MEMORY, "cpu: out of memory");
     if (a) cpu->allocator = *a;
     if (logger) cpu->logger = *logger;
+    cpu->kernels = K;
     lw_result r = lw__pool_init(&cpu->pool, n_threads > 0 ? n_threads : lw__online_cores(), &cpu->allocator, &cpu->logger);
     if (r) { lw__free(a, cpu); return r; }
     *out = cpu;
@@ -4199,7 +4248,7 @@ LWDEF lw_result lw_backend_create(lw_backend** out, const lw_backend_desc* desc_
 #endif
     }
     if (desc.kind == LW_BACKEND_CPU || (desc.kind == LW_BACKEND_AUTO && r != LW_OK)) {
-        r = lw__cpu_create(desc.n_threads, &be->allocator, &be->logger, &be->self);
+        r = lw__cpu_create(desc.n_threads, desc.cpu_kernels, &be->allocator, &be->logger, &be->self);
         if (r == LW_OK) { be->vt = &lw__cpu_backend_i; be->kind = LW_BACKEND_CPU; }
     }
     if (r != LW_OK) { lw__free(&desc.allocator, be); return r; }
@@ -4215,6 +4264,9 @@ LWDEF void lw_backend_free(lw_backend* be) {
 }
 
 LWDEF const char* lw_backend_name(const lw_backend* be) { return be ? be->vt->name : "none"; }
+LWDEF const char* lw_backend_kernels(const lw_backend* be) {
+    return be && be->kind == LW_BACKEND_CPU ? ((const lw__cpu*)be->self)->kernels.name : "";
+}
 LWDEF int lw_backend_threads(const lw_backend* be) { return be ? be->vt->n_threads(be->self) : 0; }
 
 // >>kv ------------------------------------------------------------------------------------------------
