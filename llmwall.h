@@ -42,6 +42,7 @@ TABLE OF CONTENTS
       >>backend-api    lw_backend: where the arithmetic runs (CPU threads, CUDA)
       >>ctx-api        lw_ctx: a model on a backend with a paged KV cache; sequences, rows, the forward
       >>sampler-api    lw_sampler: repetition penalty, temperature, top-k, top-p, min-p
+      >>engine-api     lw_engine: requests, continuous batching, streaming, metrics
       >>generate-api   lw_generate: one call from prompt to text
       >>backend-i      the backend interface (what llmwall_cuda.cu implements)
 
@@ -61,7 +62,8 @@ TABLE OF CONTENTS
       >>ctx            contexts, batch validation, the forward entry point
       >>sampler        the sampler chain
       >>decode         decode modes as plan/absorb state machines (autoregressive)
-      >>generate       the blocking generate call
+      >>engine         the scheduler: admission, budget, preemption, prefix sharing, metrics
+      >>generate       the blocking generate call, on a private engine
 
 QUICK START
 
@@ -224,6 +226,8 @@ typedef enum lw_result {
     LW_CONTEXT_FULL           = -301,   // a position at or past the context length
     LW_KV_FULL                = -302,   // the KV page pool is exhausted
     LW_BAD_BATCH              = -303,   // rows that break the batch rules (the message says which)
+    LW_QUEUE_FULL             = -304,   // the engine's request queue is full (lw_engine_desc.max_queue)
+    LW_INVALID_REQUEST        = -305,   // an unknown or already freed request handle
 
     LW_BACKEND_UNAVAILABLE    = -400,   // the requested backend was not built or has no device
     LW_BACKEND_FAILED         = -401,   // the backend failed (a launch, a copy, a driver error)
@@ -439,6 +443,9 @@ LWDEF lw_result lw_seq_free(lw_ctx* ctx, lw_seq seq);                 // returns
 LWDEF lw_result lw_seq_length(const lw_ctx* ctx, lw_seq seq, int* out); // committed positions
 // Forget committed positions >= length (rejected draft tokens, scratch); frees whole pages.
 LWDEF lw_result lw_seq_truncate(lw_ctx* ctx, lw_seq seq, int length);
+// A new sequence whose first n_positions are src's: it shares src's pages (no copy, no compute; a shared
+// page is copied before either sequence writes into it). For prompts with a common prefix, beams, forks.
+LWDEF lw_result lw_seq_fork(lw_ctx* ctx, lw_seq src, int n_positions, lw_seq* out);
 LWDEF int64_t   lw_ctx_kv_free_tokens(const lw_ctx* ctx);   // positions that still fit in the pool
 
 // The attention mask of one sequence's rows within a batch. Every row also sees all of its
@@ -516,14 +523,156 @@ LWDEF void      lw_sampler_free(lw_sampler* sampler);
 // Picks a token from logits [n_vocab]; `history` is the context so far (for the repetition penalty).
 LWDEF int32_t   lw_sampler_sample(lw_sampler* sampler, const float* logits, const int32_t* history, int n_history);
 
-// >>generate-api --------------------------------------------------------------------------------------
+// >>engine-api ----------------------------------------------------------------------------------------
+// lw_engine: continuous batching over the paged KV cache. Requests arrive at any time. Each step (one
+// scheduler iteration) runs ONE forward pass for every running sequence: the next rows of the decoding
+// ones and chunks of pending prompts, within a token budget (decode rows first by default). One pass
+// over the weights serves them all. When the KV pool runs out, the most recently started sequence is
+// preempted (its pages freed, its request requeued and recomputed later); a request that could never
+// fit is refused at submit. Prompts sharing a prefix share its KV pages (reference-counted; a shared
+// page is copied before it is written). The engine is single-threaded: call it from one thread; its
+// event callbacks run inside lw_engine_step.
+
+typedef struct lw_engine lw_engine;
+
+// A request handle: a slot index and a generation count, so a recycled slot is never confused with an
+// old handle. 0 is never valid.
+typedef struct lw_request { uint32_t id; } lw_request;
+
 typedef enum lw_finish_reason {
-    LW_FINISH_NONE      = 0,
-    LW_FINISH_LENGTH    = 1,   // max_tokens generated, or the context is full
-    LW_FINISH_STOP      = 2,   // an end-of-generation token
-    LW_FINISH_CANCELLED = 3,   // the callback returned false
+    LW_FINISH_NONE      = 0,   // still waiting or running
+    LW_FINISH_LENGTH    = 1,   // max_tokens generated, or the context (or, for a lone sequence, the KV pool) is full
+    LW_FINISH_STOP      = 2,   // an end-of-generation token, a stop token id or a stop string
+    LW_FINISH_CANCELLED = 3,   // lw_engine_cancel, or a callback asked to stop
     LW_FINISH_ERROR     = 4,
 } lw_finish_reason;
+
+typedef enum lw_decode_mode {
+    LW_MODE_AR = 0,            // autoregressive sampling
+} lw_decode_mode;
+
+typedef enum lw_event_kind {
+    LW_EVENT_TOKEN  = 1,       // a generated token
+    LW_EVENT_FINISH = 2,       // the request ended (once per request)
+} lw_event_kind;
+
+typedef struct lw_event {
+    lw_event_kind     kind;
+    lw_request        request;
+    void*             user;        // the request's user pointer
+    int32_t           token;       // TOKEN: the token, its text, and the logits it was drawn from
+    const char*       piece;
+    int               piece_len;
+    const float*      logits;      // [n_vocab] or NULL; valid during the callback
+    lw_finish_reason  finish;      // FINISH: why, and the error code for LW_FINISH_ERROR
+    lw_result         error;
+} lw_event;
+
+typedef struct lw_request_desc {
+    const char*          prompt;        // text, tokenized with BOS as the model's metadata says
+    const int32_t*       prompt_ids;    // or ids, used as given (no BOS)
+    int                  n_prompt_ids;
+    lw_decode_mode       mode;
+    lw_sampler_desc      sampler;       // seed included: each request draws from its own generator
+    int                  max_tokens;    // tokens after the prompt (0: until end of generation or context)
+    const int32_t*       stop_ids;      // tokens that end generation (not included in the output)
+    int                  n_stop_ids;
+    const char* const*   stop_strings;  // texts that end generation (the output text ends before them)
+    int                  n_stop_strings;
+    double               ttft_target_ms;  // targets for goodput (0: none)
+    double               tpot_target_ms;
+    void               (*on_event)(const lw_event* event);   // streaming (optional)
+    void*                user;
+    bool                 free_on_finish;  // forget the request after its FINISH event (no polling)
+} lw_request_desc;
+
+typedef enum lw_request_state { LW_REQUEST_WAITING = 1, LW_REQUEST_RUNNING = 2, LW_REQUEST_FINISHED = 3 } lw_request_state;
+
+// What a request has produced so far; pointers stay valid until the next step, lw_engine_cancel or
+// lw_request_free.
+typedef struct lw_request_info {
+    lw_request_state  state;
+    lw_finish_reason  finish;
+    lw_result         error;
+    const int32_t*    prompt_ids;   // [n_prompt]
+    int               n_prompt;
+    const int32_t*    ids;          // [n_ids] generated, ending before the token that stopped generation
+    int               n_ids;
+    const char*       text;         // the generated text (NUL-terminated; ends before a stop string)
+    size_t            text_len;
+    const double*     token_ms;     // [n_ids] when each token was emitted, ms after submission
+    double            queue_ms;     // submission to first admission
+    double            ttft_ms;      // submission to first generated token
+    double            tpot_ms;      // (last token - first token) / (n_ids - 1)
+    double            e2e_ms;       // submission to finish
+    int               preemptions;  // times it was preempted and recomputed
+    int               shared_tokens;// prompt positions whose KV it took from another sequence
+    int               forwards;     // forward passes it had rows in
+    bool              met_slo;      // finished, and within its TTFT and TPOT targets
+} lw_request_info;
+
+// One step, as the hardware saw it.
+typedef struct lw_step_stats {
+    int               step;
+    int               running, waiting;       // after the step
+    int               decode_rows, prefill_rows;
+    int               tokens_emitted;
+    int               preempted;              // sequences preempted to make room
+    lw_forward_stats  forward;                // bytes, FLOPs, wall time of the pass
+    double            seconds;                // the whole step (scheduling, forward, sampling, callbacks)
+} lw_step_stats;
+
+typedef struct lw_engine_stats {
+    int64_t  submitted, finished, rejected, cancelled, preemptions;
+    int      running, waiting;
+    int64_t  prompt_tokens, generated_tokens, recomputed_tokens, shared_tokens;
+    int64_t  steps;
+    double   mean_rows_per_step;
+    double   elapsed_s;          // first submission to the last finish (or now, while busy)
+    double   throughput;         // generated tokens per second of elapsed time
+    double   requests_per_s;     // finished requests per second
+    double   goodput;            // finished requests per second that met their TTFT and TPOT targets
+    int64_t  kv_pages, kv_pages_used, kv_pages_peak;
+    double   kv_occupancy;       // used / all pages, now
+    double   kv_bytes_per_token; // bytes one cached position takes (all layers, K and V)
+    double   weight_bytes, kv_bytes_read, kv_bytes_written, flops, forward_s;   // totals over all steps
+    double   bytes_per_s, flops_per_s;   // achieved, over the time spent in forward passes
+    double   arithmetic_intensity;       // FLOPs per byte moved
+} lw_engine_stats;
+
+typedef struct lw_engine_desc {
+    int          n_ctx;          // longest sequence (0: the model's training context)
+    int          max_running;    // sequences in flight at once (0: 64)
+    int          max_queue;      // waiting requests (0: no limit); beyond it submit gives LW_QUEUE_FULL
+    int          token_budget;   // rows per step (0: 512)
+    int          kv_page_size;   // positions per KV page (0: 16)
+    int64_t      kv_tokens;      // KV pool capacity in positions (0: 4 x n_ctx, or kv_bytes)
+    int64_t      kv_bytes;       // or in bytes
+    lw_type      kv_type;        // LW_TYPE_F32 (0) or LW_TYPE_F16
+    bool         prefill_first;  // schedule prompt chunks before decode rows
+    bool         no_prefix_sharing;
+    double     (*clock)(void* user);                            // seconds (NULL: a monotonic clock)
+    void*        clock_user;
+    void       (*on_step)(const lw_step_stats* step, void* user); // after every step (optional)
+    void*        step_user;
+    lw_allocator allocator;
+    lw_logger    logger;
+} lw_engine_desc;
+
+LWDEF lw_result lw_engine_create(lw_engine** out, lw_model* model, lw_backend* backend, const lw_engine_desc* desc);
+LWDEF void      lw_engine_free(lw_engine* engine);       // cancels what is left, without events
+LWDEF lw_result lw_engine_submit(lw_engine* engine, const lw_request_desc* desc, lw_request* out);
+LWDEF lw_result lw_engine_cancel(lw_engine* engine, lw_request request);   // finishes it as LW_FINISH_CANCELLED
+LWDEF lw_result lw_engine_step(lw_engine* engine);       // one scheduler iteration (nothing to do: LW_OK)
+LWDEF lw_result lw_engine_run(lw_engine* engine);        // steps until no request waits or runs
+LWDEF bool      lw_engine_idle(const lw_engine* engine);
+LWDEF lw_result lw_request_get(lw_engine* engine, lw_request request, lw_request_info* out);
+LWDEF lw_result lw_request_free(lw_engine* engine, lw_request request);    // cancels if needed and forgets it
+LWDEF lw_result lw_engine_get_stats(const lw_engine* engine, lw_engine_stats* out);
+LWDEF lw_ctx*   lw_engine_ctx(lw_engine* engine);        // the engine's context (its KV pool)
+
+// >>generate-api --------------------------------------------------------------------------------------
+// The one-call path: a request on a private engine over ctx, run to the end.
 
 // Receives each generated token and its text; return false to stop.
 typedef bool (*lw_token_callback)(int32_t token, const char* piece, int piece_len, void* user);
@@ -548,12 +697,11 @@ typedef struct lw_generate_result {
     double     ttft_ms;         // request start to first generated token
     double     tpot_ms;         // (last token time - first token time) / (n_ids - 1)
     double     tokens_per_s;    // 1000 / tpot_ms: decode speed
-    double     prefill_ms;      // prompt forward passes
     int        forwards;        // forward passes run
 } lw_generate_result;
 
-// Generates from a prompt on a fresh sequence of ctx, blocking. out may be NULL; otherwise free it
-// with lw_generate_result_free.
+// Generates from a prompt on ctx, blocking (ctx's other sequences are left alone). out may be NULL;
+// otherwise free it with lw_generate_result_free.
 LWDEF lw_result lw_generate(lw_ctx* ctx, const lw_generate_desc* desc, lw_generate_result* out);
 LWDEF void      lw_generate_result_free(lw_generate_result* result);
 
@@ -652,6 +800,7 @@ typedef struct lw__backend_i {
     void      (*model_release)(void* self, void* prepared);
     lw_result (*kv_alloc)(void* self, size_t bytes, void** out);
     void      (*kv_free)(void* self, void* pool);
+    lw_result (*kv_copy)(void* self, void* pool, size_t dst, size_t src, size_t bytes);   // within the pool
     lw_result (*forward)(void* self, void* prepared, const lw__fwd* fwd);
     int       (*n_threads)(void* self);
 } lw__backend_i;
@@ -793,6 +942,8 @@ LWDEF const char* lw_result_string(lw_result result) {
     case LW_CONTEXT_FULL:           return "LW_CONTEXT_FULL: position past the context length";
     case LW_KV_FULL:                return "LW_KV_FULL: KV cache pool exhausted";
     case LW_BAD_BATCH:              return "LW_BAD_BATCH: invalid batch";
+    case LW_QUEUE_FULL:             return "LW_QUEUE_FULL: the request queue is full";
+    case LW_INVALID_REQUEST:        return "LW_INVALID_REQUEST: unknown or freed request";
     case LW_BACKEND_UNAVAILABLE:    return "LW_BACKEND_UNAVAILABLE: backend not available";
     case LW_BACKEND_FAILED:         return "LW_BACKEND_FAILED: backend failure";
     }
@@ -4164,6 +4315,11 @@ static lw_result lw__cpu_kv_alloc(void* self, size_t bytes, void** out) {
     return LW_OK;
 }
 static void lw__cpu_kv_free(void* self, void* pool) { lw__free(&((lw__cpu*)self)->allocator, pool); }
+static lw_result lw__cpu_kv_copy(void* self, void* pool, size_t dst, size_t src, size_t bytes) {
+    (void)self;
+    memcpy((uint8_t*)pool + dst, (const uint8_t*)pool + src, bytes);
+    return LW_OK;
+}
 
 static int lw__cpu_n_threads(void* self) { return ((lw__cpu*)self)->pool.n_threads; }
 
@@ -4182,6 +4338,7 @@ static const lw__backend_i lw__cpu_backend_i = {
     /* .model_release = */ lw__cpu_model_release,
     /* .kv_alloc      = */ lw__cpu_kv_alloc,
     /* .kv_free       = */ lw__cpu_kv_free,
+    /* .kv_copy       = */ lw__cpu_kv_copy,
     /* .forward       = */ lw__cpu_forward,
     /* .n_threads     = */ lw__cpu_n_threads,
 };
@@ -4304,6 +4461,8 @@ struct lw_ctx {
     uint8_t*        mask_given;      // [max_seqs]
     lw__fwd_seq*    fwd_seqs;        // [max_seqs]
     int32_t*        grown;           // [max_rows + max_seqs] slots that took a page for this batch
+    int32_t*        cow;             // [max_seqs][3] copy-on-write done for this batch: slot, page index, old page
+    int64_t         pages_peak;      // most pages in use at once
 };
 
 static lw__seq_slot* lw__seq_get(const lw_ctx* ctx, lw_seq seq) {
@@ -4322,6 +4481,7 @@ static int32_t lw__page_take(lw_ctx* ctx) {
     if (ctx->n_free == 0) return -1;
     int32_t page = ctx->free_pages[--ctx->n_free];
     ctx->page_refs[page] = 1;
+    ctx->pages_peak = LW__MAX(ctx->pages_peak, (int64_t)(ctx->n_pages - ctx->n_free));
     return page;
 }
 
@@ -4347,6 +4507,25 @@ LWDEF lw_result lw_seq_truncate(lw_ctx* ctx, lw_seq seq, int length) {
     int keep = (length + ctx->kv.page_size - 1) / ctx->kv.page_size;
     while (s->n_pages > keep) lw__page_release(ctx, s->pages[--s->n_pages]);
     s->length = length;
+    return LW_OK;
+}
+
+LWDEF lw_result lw_seq_fork(lw_ctx* ctx, lw_seq src, int n_positions, lw_seq* out) {
+    lw__seq_slot* s = lw__seq_get(ctx, src);
+    if (!s) return lw__fail(ctx ? &ctx->logger : NULL, LW_INVALID_SEQ, "lw_seq_fork: unknown or freed sequence %#x", src.id);
+    if (!out || n_positions < 0 || n_positions > s->length)
+        return lw__fail(&ctx->logger, LW_INVALID_ARGS, "lw_seq_fork: n_positions %d is outside [0, %d]", n_positions, s->length);
+    lw_result r = lw_seq_create(ctx, out);
+    if (r) return r;
+    lw__seq_slot* d = lw__seq_get(ctx, *out);
+    s = lw__seq_get(ctx, src);   // (slot pointers are stable; re-read for clarity)
+    int n_pages = (n_positions + ctx->kv.page_size - 1) / ctx->kv.page_size;
+    for (int i = 0; i < n_pages; i++) {
+        d->pages[i] = s->pages[i];
+        ctx->page_refs[s->pages[i]]++;
+    }
+    d->n_pages = n_pages;
+    d->length = n_positions;
     return LW_OK;
 }
 
@@ -4426,8 +4605,9 @@ LWDEF lw_result lw_ctx_create(lw_ctx** out, lw_model* model, lw_backend* backend
     ctx->mask_given = (uint8_t*)lw__calloc(&ctx->allocator, (size_t)ctx->max_seqs, 1);
     ctx->fwd_seqs = (lw__fwd_seq*)lw__calloc(&ctx->allocator, (size_t)ctx->max_seqs, sizeof(lw__fwd_seq));
     ctx->grown = (int32_t*)lw__calloc(&ctx->allocator, (size_t)ctx->max_rows + (size_t)ctx->max_seqs, sizeof(int32_t));
+    ctx->cow = (int32_t*)lw__calloc(&ctx->allocator, (size_t)ctx->max_seqs * 3, sizeof(int32_t));
     if (!ctx->free_pages || !ctx->page_refs || !ctx->seqs || !ctx->row_seq || !ctx->seq_rows || !ctx->local_of_slot ||
-        !ctx->slot_of_local || !ctx->mask_given || !ctx->fwd_seqs || !ctx->grown) {
+        !ctx->slot_of_local || !ctx->mask_given || !ctx->fwd_seqs || !ctx->grown || !ctx->cow) {
         r = lw__fail(lg, LW_OUT_OF_MEMORY, "out of memory for the context's tables");
         goto fail;
     }
@@ -4465,6 +4645,7 @@ LWDEF void lw_ctx_free(lw_ctx* ctx) {
     lw__free(&a, ctx->mask_given);
     lw__free(&a, ctx->fwd_seqs);
     lw__free(&a, ctx->grown);
+    lw__free(&a, ctx->cow);
     lw__free(&a, ctx);
 }
 
@@ -4507,11 +4688,12 @@ static void lw__forward_stats(const lw_ctx* ctx, const lw__fwd* f, int n_logits,
 
 // Checks a batch and gathers its rows by sequence into ctx->fwd_seqs (sequence s of the batch is slot
 // ctx->slot_of_local[s]); takes the KV pages its committing rows need (their slots listed in ctx->grown).
-static lw_result lw__batch_prepare(lw_ctx* ctx, const lw_batch* batch, int* n_seqs_out, int* n_logits_out, int* n_grown_out) {
+static lw_result lw__batch_prepare(lw_ctx* ctx, const lw_batch* batch, int* n_seqs_out, int* n_logits_out, int* n_grown_out,
+                                   int* n_cow_out) {
     const lw_logger* lg = &ctx->logger;
     const lw__config* c = &ctx->model->w.cfg;
     int n = batch->n_rows, n_seqs = 0, n_logits = 0;
-    *n_seqs_out = *n_grown_out = *n_logits_out = 0;
+    *n_seqs_out = *n_grown_out = *n_logits_out = *n_cow_out = 0;
     if (!batch->rows || n < 1 || n > ctx->max_rows)
         return lw__fail(lg, LW_BAD_BATCH, "batch: %d rows (1 to max_rows = %d allowed)", n, ctx->max_rows);
     if (batch->n_masks < 0 || (batch->n_masks && !batch->masks))
@@ -4580,6 +4762,23 @@ static lw_result lw__batch_prepare(lw_ctx* ctx, const lw_batch* batch, int* n_se
                                 fs->rows[i], row->position, next);
             next++;
         }
+        // the page that the first committing row writes into may be shared: copy it first
+        int first = slot->length / ctx->kv.page_size;
+        if (next > slot->length && first < slot->n_pages && ctx->page_refs[slot->pages[first]] > 1) {
+            int32_t page = lw__page_take(ctx);
+            if (page < 0)
+                return lw__fail(lg, LW_KV_FULL, "KV pool exhausted: all %d pages of %d positions are in use",
+                                ctx->n_pages, ctx->kv.page_size);
+            lw_result r = ctx->backend->vt->kv_copy(ctx->backend->self, ctx->kv_pool, (size_t)page * ctx->kv.page_bytes,
+                                                    (size_t)slot->pages[first] * ctx->kv.page_bytes, ctx->kv.page_bytes);
+            if (r) { lw__page_release(ctx, page); return r; }
+            int32_t* log = ctx->cow + 3 * (*n_cow_out)++;
+            log[0] = ctx->slot_of_local[s];
+            log[1] = first;
+            log[2] = slot->pages[first];
+            ctx->page_refs[slot->pages[first]]--;   // still > 0: the other sequences keep it
+            slot->pages[first] = page;
+        }
         int need = (next + ctx->kv.page_size - 1) / ctx->kv.page_size;
         while (slot->n_pages < need) {
             int32_t page = lw__page_take(ctx);
@@ -4595,9 +4794,9 @@ static lw_result lw__batch_prepare(lw_ctx* ctx, const lw_batch* batch, int* n_se
 
 LWDEF lw_result lw_ctx_forward(lw_ctx* ctx, const lw_batch* batch) {
     if (!ctx || !batch) return lw__fail(NULL, LW_INVALID_ARGS, "lw_ctx_forward: NULL argument");
-    int n_seqs, n_logits, n_grown;
+    int n_seqs, n_logits, n_grown, n_cow;
     double t0 = lw__now();
-    lw_result r = lw__batch_prepare(ctx, batch, &n_seqs, &n_logits, &n_grown);
+    lw_result r = lw__batch_prepare(ctx, batch, &n_seqs, &n_logits, &n_grown, &n_cow);
     lw__fwd fwd;
     if (r == LW_OK) {
         fwd.w = &ctx->model->w;
@@ -4616,6 +4815,13 @@ LWDEF lw_result lw_ctx_forward(lw_ctx* ctx, const lw_batch* batch) {
         for (int i = n_grown - 1; i >= 0; i--) {
             lw__seq_slot* slot = &ctx->seqs[ctx->grown[i]];
             lw__page_release(ctx, slot->pages[--slot->n_pages]);
+        }
+        for (int i = n_cow - 1; i >= 0; i--) {   // and undo the copies of shared pages
+            const int32_t* log = ctx->cow + 3 * i;
+            lw__seq_slot* slot = &ctx->seqs[log[0]];
+            lw__page_release(ctx, slot->pages[log[1]]);
+            slot->pages[log[1]] = log[2];
+            ctx->page_refs[log[2]]++;
         }
     } else {
         for (int i = 0; i < batch->n_rows; i++)
@@ -4790,11 +4996,11 @@ LWDEF int32_t lw_sampler_sample(lw_sampler* s, const float* logits, const int32_
 
 // >>decode --------------------------------------------------------------------------------------------
 // A decode mode is a state machine over one sequence with two operations:
-//   plan:   append the rows this sequence wants in the next forward pass (at most `budget`);
-//   absorb: given the logits of its rows that wanted them, accept tokens (emitting them to the owner),
+//   plan:   write the rows this sequence wants in the next forward pass (at most `budget`);
+//   absorb: given the logits of its rows that wanted them, accept tokens (handing each to the owner),
 //           keep or drop KV entries, and say whether the sequence is done.
-// lw_generate drives one decoder; the engine drives many in one batch. The autoregressive mode below
-// prefills the prompt in chunks and then feeds back one sampled token per pass.
+// The engine drives many decoders in one batch. The autoregressive mode prefills the context in chunks
+// and then feeds back one sampled token per pass; after a preemption it simply prefills again.
 
 typedef struct lw__decoder lw__decoder;
 
@@ -4807,17 +5013,20 @@ typedef struct lw__mode_i {
 struct lw__decoder {
     const lw__mode_i* mode;
     lw_ctx*           ctx;
-    lw_seq            seq;
+    lw_seq            seq;          // {0} while it holds no KV (waiting, preempted)
     lw_sampler*       sampler;
     int32_t*          tokens;       // stb_ds array: prompt, then generated tokens (the context)
     int               n_prompt;
-    int               n_fed;        // tokens submitted with commit (their K/V is or will be cached)
+    int               n_fed;        // context tokens whose K/V is cached (or committed by the planned pass)
     int               n_planned;    // rows in the current plan
+    int               n_logit_rows; // of those, rows that want logits
     int               max_tokens;   // generated tokens allowed (> 0)
+    const int32_t*    stop_ids;     // end generation like end-of-generation tokens
+    int               n_stop_ids;
     bool              done;
     lw_finish_reason  finish;
-    // the owner's sink for accepted tokens; returns false to stop (cancel)
-    bool            (*emit)(lw__decoder* d, int32_t token, void* user);
+    // the owner's sink for accepted tokens: LW_FINISH_NONE to go on, or the reason to stop
+    lw_finish_reason (*emit)(lw__decoder* d, int32_t token, const float* logits, void* user);
     void*             emit_user;
 };
 
@@ -4828,12 +5037,15 @@ static void lw__decoder_finish(lw__decoder* d, lw_finish_reason why) {
     d->finish = why;
 }
 
-// Accepts a token: end of generation stops without adding it; otherwise it joins the context and goes
-// to the owner. Returns false when the sequence is done.
-static bool lw__decoder_accept(lw__decoder* d, int32_t token) {
-    if (lw_token_is_eog(d->ctx->model, token)) { lw__decoder_finish(d, LW_FINISH_STOP); return false; }
+// Accepts a token drawn from `logits`: an end-of-generation or stop token ends the sequence without
+// joining it; any other joins the context and goes to the owner. Returns false when the sequence is done.
+static bool lw__decoder_accept(lw__decoder* d, int32_t token, const float* logits) {
+    bool stop = lw_token_is_eog(d->ctx->model, token);
+    for (int i = 0; i < d->n_stop_ids && !stop; i++) stop = d->stop_ids[i] == token;
+    if (stop) { lw__decoder_finish(d, LW_FINISH_STOP); return false; }
     stbds_arrput(d->tokens, token);
-    if (d->emit && !d->emit(d, token, d->emit_user)) { lw__decoder_finish(d, LW_FINISH_CANCELLED); return false; }
+    lw_finish_reason why = d->emit ? d->emit(d, token, logits, d->emit_user) : LW_FINISH_NONE;
+    if (why != LW_FINISH_NONE) { lw__decoder_finish(d, why); return false; }
     if (lw__decoder_generated(d) >= d->max_tokens || (int)stbds_arrlen(d->tokens) >= d->ctx->n_ctx) {
         lw__decoder_finish(d, LW_FINISH_LENGTH);
         return false;
@@ -4855,44 +5067,654 @@ static int lw__ar_plan(lw__decoder* d, lw_row* rows, int budget) {
         rows[i].wants_logits = pos == n_tokens - 1;   // only the last context token predicts
     }
     d->n_planned = n;
+    d->n_logit_rows = n > 0 && d->n_fed + n == n_tokens;
     return n;
 }
 
 static lw_result lw__ar_absorb(lw__decoder* d, const float* logits) {
     d->n_fed += d->n_planned;
-    if (d->n_fed < (int)stbds_arrlen(d->tokens)) return LW_OK;   // more prompt to prefill
+    if (d->n_fed < (int)stbds_arrlen(d->tokens)) return LW_OK;   // more context to prefill
     int32_t tok = lw_sampler_sample(d->sampler, logits, d->tokens, (int)stbds_arrlen(d->tokens));
-    lw__decoder_accept(d, tok);
+    lw__decoder_accept(d, tok, logits);
     return LW_OK;
 }
 
 static const lw__mode_i lw__mode_ar = { "ar", lw__ar_plan, lw__ar_absorb };
 
+// >>engine --------------------------------------------------------------------------------------------
+// Requests live in slots (handle = generation << 16 | slot + 1). A request is WAITING in the FIFO
+// queue, RUNNING (in `running`, in admission order, holding a sequence of the engine's context), or
+// FINISHED (its result kept until lw_request_free). One step:
+//   1. plan: running decoders in decode phase, then those still prefilling, then admissions from the
+//      queue (each admission first looks for the running sequence sharing the longest prefix and forks
+//      its pages) -- prefill before decode when the descriptor says so -- within the token budget;
+//   2. make room: while the planned rows need more KV pages than are free, preempt the most recently
+//      admitted running request (free its pages, requeue it at the front; it recomputes later);
+//   3. run one forward pass over all planned rows;
+//   4. hand each decoder its logits; accepted tokens are streamed; finished requests free their pages.
+
+typedef struct lw__req {
+    uint32_t          generation;
+    int               state;          // 0: free slot, else lw_request_state
+    lw_request_desc   desc;           // the submitted descriptor (its arrays and strings copied below)
+    int32_t*          stop_ids;       // stb_ds copies
+    char**            stop_strings;
+    lw__decoder       dec;
+    char*             text;           // stb_ds array: generated bytes, then a NUL
+    size_t            text_len;       // bytes of text that count (before a stop string)
+    double*           token_ms;       // stb_ds array: time of each generated token after submission
+    double            t_submit, t_admit, t_first, t_last, t_finish;
+    int64_t           admitted;       // admission order (larger: younger)
+    int               preemptions, shared_tokens, forwards;
+    bool              cancel_pending; // lw_engine_cancel inside a step, done at its end
+    lw_finish_reason  finish;
+    lw_result         error;
+} lw__req;
+
+typedef struct lw__planned { int slot, row0, n_rows, n_logits; } lw__planned;
+
+struct lw_engine {
+    lw_allocator    allocator;
+    lw_logger       logger;
+    lw_engine_desc  desc;
+    lw_model*       model;
+    lw_ctx*         ctx;
+    bool            owns_ctx;
+    lw__req*        reqs;            // stb_ds array of slots
+    int*            queue;           // stb_ds array of waiting slots, first in first out
+    int*            running;         // stb_ds array of running slots, in admission order
+    lw__planned*    plan;            // stb_ds array: this step's planned requests
+    lw_row*         rows;            // [token_budget]
+    float*          logits;          // [logit_cap][n_vocab]
+    int             logit_cap;
+    int64_t         admissions;
+    bool            in_step;
+    lw_step_stats   last;
+    lw_engine_stats st;              // running totals (derived fields filled by lw_engine_get_stats)
+    double          t_first_submit, t_last_finish;
+    int64_t         met_slo;
+    double          rows_total;
+};
+
+static double lw__engine_now(const lw_engine* e) { return e->desc.clock ? e->desc.clock(e->desc.clock_user) : lw__now(); }
+
+static lw__req* lw__req_get(lw_engine* e, lw_request r) {
+    uint32_t slot = (r.id & 0xffff) - 1, gen = r.id >> 16;
+    if (!e || (r.id & 0xffff) == 0 || slot >= (uint32_t)stbds_arrlen(e->reqs)) return NULL;
+    lw__req* q = &e->reqs[slot];
+    return q->state && q->generation == gen ? q : NULL;
+}
+static lw_request lw__req_handle(const lw_engine* e, const lw__req* q) {
+    lw_request h;
+    h.id = (q->generation << 16) | (uint32_t)(q - e->reqs + 1);
+    return h;
+}
+
+static void lw__int_remove(int* arr, int value) {   // remove one occurrence from an stb_ds int array, keeping order
+    for (int i = 0; i < (int)stbds_arrlen(arr); i++)
+        if (arr[i] == value) { stbds_arrdel(arr, i); return; }
+}
+
+static void lw__req_release_kv(lw_engine* e, lw__req* q) {
+    if (q->dec.seq.id) lw_seq_free(e->ctx, q->dec.seq);
+    q->dec.seq.id = 0;
+}
+
+static void lw__req_clear(lw__req* q) {
+    lw_sampler_free(q->dec.sampler);
+    stbds_arrfree(q->dec.tokens);
+    stbds_arrfree(q->text);
+    stbds_arrfree(q->token_ms);
+    stbds_arrfree(q->stop_ids);
+    for (int i = 0; i < (int)stbds_arrlen(q->stop_strings); i++) free(q->stop_strings[i]);
+    stbds_arrfree(q->stop_strings);
+    uint32_t gen = q->generation;
+    memset(q, 0, sizeof *q);
+    q->generation = (gen + 1) & 0xffff ? (gen + 1) & 0xffff : 1;
+}
+
+// Ends a request: frees its KV pages, records the time, tells the app, and forgets it if asked to.
+static void lw__req_finish(lw_engine* e, lw__req* q, lw_finish_reason why, lw_result error) {
+    int slot = (int)(q - e->reqs);
+    if (q->state == LW_REQUEST_WAITING) lw__int_remove(e->queue, slot);
+    if (q->state == LW_REQUEST_RUNNING) lw__int_remove(e->running, slot);
+    lw__req_release_kv(e, q);
+    q->state = LW_REQUEST_FINISHED;
+    q->finish = why;
+    q->error = error;
+    q->t_finish = lw__engine_now(e);
+    e->t_last_finish = q->t_finish;
+    e->st.finished++;
+    if (why == LW_FINISH_CANCELLED) e->st.cancelled++;
+    lw_request_info info;
+    lw_request_get(e, lw__req_handle(e, q), &info);
+    if (info.met_slo) e->met_slo++;
+    if (q->desc.on_event) {
+        lw_event ev;
+        memset(&ev, 0, sizeof ev);
+        ev.kind = LW_EVENT_FINISH;
+        ev.request = lw__req_handle(e, q);
+        ev.user = q->desc.user;
+        ev.finish = why;
+        ev.error = error;
+        q->desc.on_event(&ev);
+    }
+    if (q->desc.free_on_finish) lw__req_clear(q);
+}
+
+// The decoder's sink: timing, text, stop strings, streaming.
+static lw_finish_reason lw__engine_emit(lw__decoder* d, int32_t token, const float* logits, void* user) {
+    lw_engine* e = (lw_engine*)((void**)user)[0];
+    lw__req* q = (lw__req*)((void**)user)[1];
+    (void)d;
+    double t = lw__engine_now(e);
+    if (!stbds_arrlen(q->token_ms)) q->t_first = t;
+    q->t_last = t;
+    stbds_arrput(q->token_ms, (t - q->t_submit) * 1e3);
+    e->last.tokens_emitted++;
+    char small[128];
+    char* piece = small;
+    int n = e->model->tok.n_tokens ? lw__tokenizer_piece(&e->model->tok, token, false, small, (int)sizeof small) : 0;
+    if (n > (int)sizeof small) {
+        piece = (char*)lw__alloc(&e->allocator, (size_t)n);
+        if (piece) lw__tokenizer_piece(&e->model->tok, token, false, piece, n);
+        else { piece = small; n = (int)sizeof small; }
+    }
+    n = LW__MAX(n, 0);
+    size_t before = stbds_arrlenu(q->text) ? stbds_arrlenu(q->text) - 1 : 0;   // the NUL is kept at the end
+    if (stbds_arrlen(q->text)) (void)stbds_arrpop(q->text);
+    for (int i = 0; i < n; i++) stbds_arrput(q->text, piece[i]);
+    stbds_arrput(q->text, 0);
+    q->text_len = stbds_arrlenu(q->text) - 1;
+    lw_finish_reason why = LW_FINISH_NONE;
+    for (int i = 0; i < (int)stbds_arrlen(q->stop_strings) && why == LW_FINISH_NONE; i++) {
+        // look for the stop string where the new bytes could have completed it
+        size_t len = strlen(q->stop_strings[i]);
+        size_t from = before >= len ? before - len + 1 : 0;
+        for (size_t at = from; at + len <= q->text_len; at++)
+            if (memcmp(q->text + at, q->stop_strings[i], len) == 0) {
+                q->text_len = at;
+                q->text[at] = 0;
+                why = LW_FINISH_STOP;
+                break;
+            }
+    }
+    if (q->desc.on_event) {
+        lw_event ev;
+        memset(&ev, 0, sizeof ev);
+        ev.kind = LW_EVENT_TOKEN;
+        ev.request = lw__req_handle(e, q);
+        ev.user = q->desc.user;
+        ev.token = token;
+        ev.piece = piece;
+        ev.piece_len = n;
+        ev.logits = logits;
+        q->desc.on_event(&ev);
+    }
+    if (piece != small) lw__free(&e->allocator, piece);
+    if (q->cancel_pending && why == LW_FINISH_NONE) why = LW_FINISH_CANCELLED;
+    return why;
+}
+
+static lw_result lw__engine_open(lw_engine* e, lw_ctx* ctx, bool owns_ctx, const lw_engine_desc* desc) {
+    e->desc = *desc;
+    e->allocator = desc->allocator;
+    e->logger = desc->logger;
+    e->ctx = ctx;
+    e->owns_ctx = owns_ctx;
+    e->model = ctx->model;
+    e->desc.n_ctx = ctx->n_ctx;
+    e->desc.max_running = LW__MIN(desc->max_running ? desc->max_running : 64, ctx->max_seqs);
+    e->desc.token_budget = LW__MIN(desc->token_budget ? desc->token_budget : 512, ctx->max_rows);
+    e->rows = (lw_row*)lw__calloc(&e->allocator, (size_t)e->desc.token_budget, sizeof(lw_row));
+    if (!e->rows) return lw__fail(&e->logger, LW_OUT_OF_MEMORY, "engine: out of memory");
+    e->st.kv_pages = ctx->n_pages;
+    return LW_OK;
+}
+
+LWDEF lw_result lw_engine_create(lw_engine** out, lw_model* model, lw_backend* backend, const lw_engine_desc* desc_in) {
+    if (!out) return lw__fail(NULL, LW_INVALID_ARGS, "lw_engine_create: out is NULL");
+    *out = NULL;
+    lw_engine_desc d;
+    memset(&d, 0, sizeof d);
+    if (desc_in) d = *desc_in;
+    const lw_logger* lg = &d.logger;
+    if (!model || !backend) return lw__fail(lg, LW_INVALID_ARGS, "lw_engine_create: model and backend are required");
+    if (d.max_running < 0 || d.max_running > 65535) return lw__fail(lg, LW_INVALID_ARGS, "lw_engine_desc.max_running: %d is outside [0, 65535]", d.max_running);
+    if (d.max_queue < 0) return lw__fail(lg, LW_INVALID_ARGS, "lw_engine_desc.max_queue: %d must be >= 0", d.max_queue);
+    if (d.token_budget < 0 || d.token_budget > (1 << 20)) return lw__fail(lg, LW_INVALID_ARGS, "lw_engine_desc.token_budget: %d is outside [0, 2^20]", d.token_budget);
+    lw_ctx_desc cd;
+    memset(&cd, 0, sizeof cd);
+    cd.n_ctx = d.n_ctx;
+    cd.max_seqs = d.max_running ? d.max_running : 64;
+    cd.max_rows = d.token_budget ? d.token_budget : 512;
+    cd.kv_page_size = d.kv_page_size;
+    cd.kv_bytes = d.kv_bytes;
+    cd.kv_tokens = d.kv_tokens ? d.kv_tokens : d.kv_bytes ? 0 : 4 * (int64_t)(d.n_ctx ? d.n_ctx : model->info.n_ctx_train);
+    cd.kv_type = d.kv_type;
+    cd.allocator = d.allocator;
+    cd.logger = d.logger;
+    lw_ctx* ctx;
+    lw_result r = lw_ctx_create(&ctx, model, backend, &cd);
+    if (r) return r;
+    lw_engine* e = (lw_engine*)lw__calloc(&d.allocator, 1, sizeof(lw_engine));
+    if (!e) { lw_ctx_free(ctx); return lw__fail(lg, LW_OUT_OF_MEMORY, "out of memory for the engine"); }
+    if ((r = lw__engine_open(e, ctx, true, &d))) { lw_engine_free(e); return r; }
+    *out = e;
+    return LW_OK;
+}
+
+LWDEF void lw_engine_free(lw_engine* e) {
+    if (!e) return;
+    for (int i = 0; i < (int)stbds_arrlen(e->reqs); i++) {
+        if (!e->reqs[i].state) continue;
+        lw__req_release_kv(e, &e->reqs[i]);
+        lw__req_clear(&e->reqs[i]);
+    }
+    stbds_arrfree(e->reqs);
+    stbds_arrfree(e->queue);
+    stbds_arrfree(e->running);
+    stbds_arrfree(e->plan);
+    lw_allocator a = e->allocator;
+    lw__free(&a, e->rows);
+    lw__free(&a, e->logits);
+    if (e->owns_ctx) lw_ctx_free(e->ctx);
+    lw__free(&a, e);
+}
+
+LWDEF lw_ctx* lw_engine_ctx(lw_engine* e) { return e ? e->ctx : NULL; }
+
+LWDEF bool lw_engine_idle(const lw_engine* e) {
+    return !e || (stbds_arrlen(e->queue) == 0 && stbds_arrlen(e->running) == 0);
+}
+
+LWDEF lw_result lw_engine_submit(lw_engine* e, const lw_request_desc* d, lw_request* out) {
+    if (out) out->id = 0;
+    if (!e || !d || !out) return lw__fail(e ? &e->logger : NULL, LW_INVALID_ARGS, "lw_engine_submit: engine, desc and out are required");
+    const lw_logger* lg = &e->logger;
+    const lw_model* m = e->model;
+    int n_vocab = m->w.cfg.n_vocab;
+    lw_result r = LW_OK;
+    if (d->mode != LW_MODE_AR) r = lw__fail(lg, LW_INVALID_ARGS, "lw_request_desc.mode: %d is not a decoding mode of this build", (int)d->mode);
+    else if (!d->prompt && !d->prompt_ids) r = lw__fail(lg, LW_INVALID_ARGS, "lw_request_desc: prompt or prompt_ids is required");
+    else if (d->prompt_ids && d->n_prompt_ids < 1) r = lw__fail(lg, LW_INVALID_ARGS, "lw_request_desc.n_prompt_ids: %d (at least one id)", d->n_prompt_ids);
+    else if (d->max_tokens < 0) r = lw__fail(lg, LW_INVALID_ARGS, "lw_request_desc.max_tokens: %d must be >= 0", d->max_tokens);
+    else if (d->n_stop_ids < 0 || (d->n_stop_ids && !d->stop_ids)) r = lw__fail(lg, LW_INVALID_ARGS, "lw_request_desc: n_stop_ids %d without stop_ids", d->n_stop_ids);
+    else if (d->n_stop_strings < 0 || (d->n_stop_strings && !d->stop_strings)) r = lw__fail(lg, LW_INVALID_ARGS, "lw_request_desc: n_stop_strings %d without stop_strings", d->n_stop_strings);
+    else if (!(d->ttft_target_ms >= 0.0) || !(d->tpot_target_ms >= 0.0)) r = lw__fail(lg, LW_INVALID_ARGS, "lw_request_desc: TTFT and TPOT targets must be >= 0");
+    else if (e->desc.max_queue && (int)stbds_arrlen(e->queue) >= e->desc.max_queue) r = lw__fail(lg, LW_QUEUE_FULL, "engine: %d requests are already waiting (max_queue)", e->desc.max_queue);
+    for (int i = 0; r == LW_OK && i < d->n_stop_ids; i++)
+        if (d->stop_ids[i] < 0 || d->stop_ids[i] >= n_vocab) r = lw__fail(lg, LW_INVALID_TOKEN, "lw_request_desc.stop_ids[%d]: %d is outside [0, %d)", i, d->stop_ids[i], n_vocab);
+    for (int i = 0; r == LW_OK && i < d->n_stop_strings; i++)
+        if (!d->stop_strings[i] || !d->stop_strings[i][0]) r = lw__fail(lg, LW_INVALID_ARGS, "lw_request_desc.stop_strings[%d] is NULL or empty", i);
+    lw__req q;
+    memset(&q, 0, sizeof q);
+    if (r == LW_OK) r = lw_sampler_create(&q.dec.sampler, n_vocab, &d->sampler);
+    if (r == LW_OK && d->prompt_ids) {
+        for (int i = 0; i < d->n_prompt_ids && r == LW_OK; i++) {
+            if (d->prompt_ids[i] < 0 || d->prompt_ids[i] >= n_vocab)
+                r = lw__fail(lg, LW_INVALID_TOKEN, "lw_request_desc.prompt_ids[%d]: %d is outside [0, %d)", i, d->prompt_ids[i], n_vocab);
+            else stbds_arrput(q.dec.tokens, d->prompt_ids[i]);
+        }
+    } else if (r == LW_OK) {
+        if ((r = lw__model_has_tokenizer(m, "lw_engine_submit")) == LW_OK)
+            r = lw__tokenizer_encode(&m->tok, d->prompt, strlen(d->prompt), LW_TOKENIZE_ADD_SPECIAL, &q.dec.tokens, lg);
+        if (r == LW_OK && stbds_arrlen(q.dec.tokens) == 0) r = lw__fail(lg, LW_INVALID_ARGS, "lw_engine_submit: the prompt is empty");
+    }
+    int n_prompt = (int)stbds_arrlen(q.dec.tokens);
+    if (r == LW_OK && n_prompt >= e->ctx->n_ctx)
+        r = lw__fail(lg, LW_CONTEXT_FULL, "lw_engine_submit: a prompt of %d tokens leaves no room in a context of %d", n_prompt, e->ctx->n_ctx);
+    if (r == LW_OK && (n_prompt + 1 + e->ctx->kv.page_size - 1) / e->ctx->kv.page_size > e->ctx->n_pages)
+        r = lw__fail(lg, LW_KV_FULL, "lw_engine_submit: a prompt of %d tokens can never fit in a KV pool of %d positions", n_prompt,
+                     e->ctx->n_pages * e->ctx->kv.page_size);
+    int slot = -1;
+    if (r == LW_OK) {
+        for (int i = 0; i < (int)stbds_arrlen(e->reqs) && slot < 0; i++)
+            if (!e->reqs[i].state) slot = i;
+        if (slot < 0 && stbds_arrlen(e->reqs) >= 65535) r = lw__fail(lg, LW_QUEUE_FULL, "engine: 65535 requests are alive (free finished ones)");
+        else if (slot < 0) {
+            lw__req empty;
+            memset(&empty, 0, sizeof empty);
+            empty.generation = 1;
+            stbds_arrput(e->reqs, empty);
+            slot = (int)stbds_arrlen(e->reqs) - 1;
+        }
+    }
+    if (r != LW_OK) {
+        lw_sampler_free(q.dec.sampler);
+        stbds_arrfree(q.dec.tokens);
+        e->st.rejected++;
+        return r;
+    }
+    lw__req* p = &e->reqs[slot];
+    q.generation = p->generation;
+    *p = q;
+    p->state = LW_REQUEST_WAITING;
+    p->desc = *d;
+    for (int i = 0; i < d->n_stop_ids; i++) stbds_arrput(p->stop_ids, d->stop_ids[i]);
+    for (int i = 0; i < d->n_stop_strings; i++) {
+        size_t len = strlen(d->stop_strings[i]);
+        char* copy = (char*)malloc(len + 1);
+        if (copy) { memcpy(copy, d->stop_strings[i], len + 1); stbds_arrput(p->stop_strings, copy); }
+    }
+    p->desc.prompt = NULL;                // nothing of the caller's is kept
+    p->desc.prompt_ids = NULL;
+    p->desc.stop_ids = p->stop_ids;
+    p->desc.stop_strings = (const char* const*)p->stop_strings;
+    p->dec.mode = &lw__mode_ar;
+    p->dec.ctx = e->ctx;
+    p->dec.n_prompt = n_prompt;
+    p->dec.max_tokens = d->max_tokens ? d->max_tokens : e->ctx->n_ctx;
+    p->dec.stop_ids = p->stop_ids;
+    p->dec.n_stop_ids = d->n_stop_ids;
+    p->dec.emit = lw__engine_emit;
+    p->t_submit = lw__engine_now(e);
+    if (e->st.submitted == 0) e->t_first_submit = p->t_submit;
+    stbds_arrput(e->queue, slot);
+    e->st.submitted++;
+    e->st.prompt_tokens += n_prompt;
+    *out = lw__req_handle(e, p);
+    return LW_OK;
+}
+
+LWDEF lw_result lw_engine_cancel(lw_engine* e, lw_request request) {
+    lw__req* q = lw__req_get(e, request);
+    if (!q) return lw__fail(e ? &e->logger : NULL, LW_INVALID_REQUEST, "lw_engine_cancel: unknown or freed request %#x", request.id);
+    if (q->state == LW_REQUEST_FINISHED) return LW_OK;
+    if (e->in_step) { q->cancel_pending = true; return LW_OK; }   // finished at the end of the step
+    lw__req_finish(e, q, LW_FINISH_CANCELLED, LW_OK);
+    return LW_OK;
+}
+
+LWDEF lw_result lw_request_free(lw_engine* e, lw_request request) {
+    lw__req* q = lw__req_get(e, request);
+    if (!q) return lw__fail(e ? &e->logger : NULL, LW_INVALID_REQUEST, "lw_request_free: unknown or freed request %#x", request.id);
+    if (e->in_step && q->state != LW_REQUEST_FINISHED)
+        return lw__fail(&e->logger, LW_INVALID_ARGS, "lw_request_free: inside a step, cancel the request instead");
+    int slot = (int)(q - e->reqs);
+    if (q->state == LW_REQUEST_WAITING) lw__int_remove(e->queue, slot);
+    if (q->state == LW_REQUEST_RUNNING) lw__int_remove(e->running, slot);
+    if (q->state != LW_REQUEST_FINISHED) { e->st.finished++; e->st.cancelled++; }
+    lw__req_release_kv(e, q);
+    lw__req_clear(q);
+    return LW_OK;
+}
+
+LWDEF lw_result lw_request_get(lw_engine* e, lw_request request, lw_request_info* out) {
+    lw__req* q = lw__req_get(e, request);
+    if (!q || !out) return lw__fail(e ? &e->logger : NULL, q ? LW_INVALID_ARGS : LW_INVALID_REQUEST,
+                                    "lw_request_get: unknown or freed request %#x, or out is NULL", request.id);
+    memset(out, 0, sizeof *out);
+    int n_gen = lw__decoder_generated(&q->dec);
+    out->state = (lw_request_state)q->state;
+    out->finish = q->finish;
+    out->error = q->error;
+    out->prompt_ids = q->dec.tokens;
+    out->n_prompt = q->dec.n_prompt;
+    out->ids = q->dec.tokens + q->dec.n_prompt;
+    out->n_ids = n_gen;
+    out->text = q->text ? q->text : "";
+    out->text_len = q->text ? q->text_len : 0;
+    out->token_ms = q->token_ms;
+    out->queue_ms = q->t_admit > 0 ? (q->t_admit - q->t_submit) * 1e3 : 0.0;
+    out->ttft_ms = n_gen > 0 ? (q->t_first - q->t_submit) * 1e3 : 0.0;
+    out->tpot_ms = n_gen > 1 ? (q->t_last - q->t_first) * 1e3 / (n_gen - 1) : 0.0;
+    out->e2e_ms = q->state == LW_REQUEST_FINISHED ? (q->t_finish - q->t_submit) * 1e3 : 0.0;
+    out->preemptions = q->preemptions;
+    out->shared_tokens = q->shared_tokens;
+    out->forwards = q->forwards;
+    out->met_slo = q->state == LW_REQUEST_FINISHED && q->finish != LW_FINISH_ERROR && q->finish != LW_FINISH_CANCELLED &&
+                   (q->desc.ttft_target_ms <= 0.0 || (n_gen > 0 && out->ttft_ms <= q->desc.ttft_target_ms)) &&
+                   (q->desc.tpot_target_ms <= 0.0 || out->tpot_ms <= q->desc.tpot_target_ms);
+    return LW_OK;
+}
+
+// Admits a waiting request: a sequence of the context, forked from the running one that shares the
+// longest prefix of its context (so those positions are neither stored twice nor recomputed).
+static lw_result lw__engine_admit(lw_engine* e, int slot) {
+    lw__req* q = &e->reqs[slot];
+    int n = (int)stbds_arrlen(q->dec.tokens), best = 0;
+    lw_seq donor = { 0 };
+    if (!e->desc.no_prefix_sharing) {
+        for (int i = 0; i < (int)stbds_arrlen(e->running); i++) {
+            const lw__req* o = &e->reqs[e->running[i]];
+            int len = 0;
+            if (!o->dec.seq.id || lw_seq_length(e->ctx, o->dec.seq, &len) != LW_OK) continue;
+            int lim = LW__MIN(len, n - 1), k = 0;   // the last context token is always run: its logits are needed
+            while (k < lim && o->dec.tokens[k] == q->dec.tokens[k]) k++;
+            if (k > best) { best = k; donor = o->dec.seq; }
+        }
+    }
+    lw_result r = best > 0 ? lw_seq_fork(e->ctx, donor, best, &q->dec.seq) : lw_seq_create(e->ctx, &q->dec.seq);
+    if (r) return r;
+    q->dec.n_fed = best;
+    q->shared_tokens += best;
+    e->st.shared_tokens += best;
+    if (q->t_admit == 0.0) q->t_admit = lw__engine_now(e);
+    q->admitted = ++e->admissions;
+    q->state = LW_REQUEST_RUNNING;
+    lw__int_remove(e->queue, slot);
+    stbds_arrput(e->running, slot);
+    return LW_OK;
+}
+
+// Whether a waiting request should let a running one finish prefilling first: they share at least a
+// page of prefix that the running one has not committed yet (then the next step can fork it).
+static bool lw__engine_should_wait(const lw_engine* e, int slot) {
+    if (e->desc.no_prefix_sharing) return false;
+    const lw__req* q = &e->reqs[slot];
+    int n = (int)stbds_arrlen(q->dec.tokens);
+    for (int i = 0; i < (int)stbds_arrlen(e->running); i++) {
+        const lw__req* o = &e->reqs[e->running[i]];
+        int len = 0, lim = LW__MIN((int)stbds_arrlen(o->dec.tokens), n - 1), k = 0;
+        if (o->dec.seq.id) lw_seq_length(e->ctx, o->dec.seq, &len);
+        while (k < lim && o->dec.tokens[k] == q->dec.tokens[k]) k++;
+        if (k >= e->ctx->kv.page_size && len < k) return true;
+    }
+    return false;
+}
+
+// Puts a running request back at the front of the queue, freeing its pages; it recomputes its context later.
+static void lw__engine_preempt(lw_engine* e, int slot) {
+    lw__req* q = &e->reqs[slot];
+    e->st.recomputed_tokens += q->dec.n_fed;
+    lw__req_release_kv(e, q);
+    q->dec.n_fed = 0;
+    q->preemptions++;
+    q->state = LW_REQUEST_WAITING;
+    lw__int_remove(e->running, slot);
+    stbds_arrput(e->queue, slot);   // to the front: it was admitted before everything still waiting
+    memmove(e->queue + 1, e->queue, (stbds_arrlenu(e->queue) - 1) * sizeof(int));
+    e->queue[0] = slot;
+    e->st.preemptions++;
+    e->last.preempted++;
+}
+
+// KV pages the planned rows still need: new pages past each sequence's end, plus a copy of a shared page
+// the first committing row writes into.
+static int64_t lw__plan_pages_needed(const lw_engine* e) {
+    const lw_ctx* ctx = e->ctx;
+    int64_t need = 0;
+    for (int i = 0; i < (int)stbds_arrlen(e->plan); i++) {
+        const lw__planned* p = &e->plan[i];
+        const lw__req* q = &e->reqs[p->slot];
+        const lw__seq_slot* s = lw__seq_get(ctx, q->dec.seq);
+        int commits = 0;
+        for (int k = 0; k < p->n_rows; k++) commits += e->rows[p->row0 + k].commits != 0;
+        if (!s || !commits) continue;
+        need += LW__MAX(0, (s->length + commits + ctx->kv.page_size - 1) / ctx->kv.page_size - s->n_pages);
+        int first = s->length / ctx->kv.page_size;
+        if (first < s->n_pages && ctx->page_refs[s->pages[first]] > 1) need++;
+    }
+    return need;
+}
+
+// Plans rows for one running request within the remaining budget.
+static void lw__engine_plan_one(lw_engine* e, int slot, int* used) {
+    lw__req* q = &e->reqs[slot];
+    if (*used >= e->desc.token_budget || q->cancel_pending) return;
+    int n = q->dec.mode->plan(&q->dec, e->rows + *used, e->desc.token_budget - *used);
+    if (n <= 0) return;
+    lw__planned p = { slot, *used, n, q->dec.n_logit_rows };
+    stbds_arrput(e->plan, p);
+    *used += n;
+}
+
+LWDEF lw_result lw_engine_step(lw_engine* e) {
+    if (!e) return lw__fail(NULL, LW_INVALID_ARGS, "lw_engine_step: engine is NULL");
+    if (e->in_step) return lw__fail(&e->logger, LW_INVALID_ARGS, "lw_engine_step: called from inside a step");
+    if (lw_engine_idle(e)) return LW_OK;
+    double t0 = lw__engine_now(e);
+    e->in_step = true;
+    memset(&e->last, 0, sizeof e->last);
+    LW__ARR_CLEAR(e->plan);
+    lw_result r = LW_OK;
+
+    // 1. plan: decode rows and prefill chunks of running requests (order per the descriptor), then admissions
+    int used = 0;
+    for (int phase = 0; phase < 2; phase++) {
+        bool decoding = (phase == 0) != e->desc.prefill_first;
+        for (int i = 0; i < (int)stbds_arrlen(e->running); i++) {
+            lw__req* q = &e->reqs[e->running[i]];
+            bool in_decode = (int)stbds_arrlen(q->dec.tokens) - q->dec.n_fed <= 1;
+            if (in_decode == decoding) lw__engine_plan_one(e, e->running[i], &used);
+        }
+    }
+    for (int i = 0; i < (int)stbds_arrlen(e->queue) && (int)stbds_arrlen(e->running) < e->desc.max_running &&
+                    used < e->desc.token_budget;) {
+        int slot = e->queue[i];
+        if (lw__engine_should_wait(e, slot)) { i++; continue; }   // a shared prefix is being computed
+        if ((r = lw__engine_admit(e, slot))) break;               // (admission takes it off the queue)
+        lw__engine_plan_one(e, slot, &used);
+    }
+
+    // 2. make room in the KV pool: preempt the youngest running request until the plan fits
+    while (r == LW_OK && lw__plan_pages_needed(e) > e->ctx->n_free && stbds_arrlen(e->running) > 0) {
+        int youngest = e->running[0];
+        for (int i = 1; i < (int)stbds_arrlen(e->running); i++)
+            if (e->reqs[e->running[i]].admitted > e->reqs[youngest].admitted) youngest = e->running[i];
+        if (stbds_arrlen(e->running) == 1) {   // alone and still too big: the pool is its length limit
+            lw__req_finish(e, &e->reqs[youngest], LW_FINISH_LENGTH, LW_OK);
+        } else {
+            lw__engine_preempt(e, youngest);
+        }
+        for (int i = 0; i < (int)stbds_arrlen(e->plan); i++)   // drop its rows from the plan
+            if (e->plan[i].slot == youngest) { stbds_arrdel(e->plan, i); i--; }
+    }
+    // compact the rows of what is still planned
+    int n_rows = 0, n_logits = 0;
+    for (int i = 0; i < (int)stbds_arrlen(e->plan); i++) {
+        lw__planned* p = &e->plan[i];
+        if (p->row0 != n_rows) memmove(e->rows + n_rows, e->rows + p->row0, (size_t)p->n_rows * sizeof(lw_row));
+        p->row0 = n_rows;
+        n_rows += p->n_rows;
+        n_logits += p->n_logits;
+    }
+
+    // 3. one forward pass
+    if (r == LW_OK && n_rows > 0) {
+        int n_vocab = e->model->w.cfg.n_vocab;
+        if (n_logits > e->logit_cap) {
+            lw__free(&e->allocator, e->logits);
+            e->logit_cap = LW__MAX(n_logits, 2 * e->logit_cap);
+            e->logits = (float*)lw__alloc(&e->allocator, (size_t)e->logit_cap * (size_t)n_vocab * sizeof(float));
+            if (!e->logits) { e->logit_cap = 0; r = lw__fail(&e->logger, LW_OUT_OF_MEMORY, "engine: out of memory for logits"); }
+        }
+        if (r == LW_OK) {
+            lw_batch b;
+            memset(&b, 0, sizeof b);
+            b.rows = e->rows;
+            b.n_rows = n_rows;
+            b.logits = e->logits;
+            b.stats = &e->last.forward;
+            r = lw_ctx_forward(e->ctx, &b);
+        }
+        if (r != LW_OK) {   // the batch failed as a whole: its requests end with the error
+            for (int i = 0; i < (int)stbds_arrlen(e->plan); i++) {
+                lw__req* q = &e->reqs[e->plan[i].slot];
+                if (q->state == LW_REQUEST_RUNNING) lw__req_finish(e, q, LW_FINISH_ERROR, r);
+            }
+        } else {
+            // 4. hand each decoder its logits
+            const float* lg = e->logits;
+            for (int i = 0; i < (int)stbds_arrlen(e->plan); i++) {
+                lw__planned* p = &e->plan[i];
+                lw__req* q = &e->reqs[p->slot];
+                void* ctx2[2] = { e, q };
+                q->dec.emit_user = ctx2;
+                q->forwards++;
+                int was_decoding = (int)stbds_arrlen(q->dec.tokens) - q->dec.n_fed <= 1;
+                if (was_decoding) e->last.decode_rows += p->n_rows; else e->last.prefill_rows += p->n_rows;
+                lw_result ar = q->dec.mode->absorb(&q->dec, p->n_logits ? lg : NULL);
+                q->dec.emit_user = NULL;
+                lg += (size_t)p->n_logits * (size_t)n_vocab;
+                if (ar != LW_OK) lw__req_finish(e, q, LW_FINISH_ERROR, ar);
+                else if (q->dec.done) lw__req_finish(e, q, q->dec.finish, LW_OK);
+            }
+            e->st.steps++;
+            e->rows_total += n_rows;
+            e->st.weight_bytes += e->last.forward.weight_bytes;
+            e->st.kv_bytes_read += e->last.forward.kv_bytes_read;
+            e->st.kv_bytes_written += e->last.forward.kv_bytes_written;
+            e->st.flops += e->last.forward.flops;
+            e->st.forward_s += e->last.forward.seconds;
+        }
+    }
+    e->in_step = false;
+    for (int i = 0; i < (int)stbds_arrlen(e->reqs); i++) {   // cancellations asked for during the step
+        lw__req* q = &e->reqs[i];
+        if (q->state && q->state != LW_REQUEST_FINISHED && q->cancel_pending) lw__req_finish(e, q, LW_FINISH_CANCELLED, LW_OK);
+    }
+    e->last.step = (int)e->st.steps;
+    e->last.running = (int)stbds_arrlen(e->running);
+    e->last.waiting = (int)stbds_arrlen(e->queue);
+    e->st.generated_tokens += e->last.tokens_emitted;
+    e->last.seconds = lw__engine_now(e) - t0;
+    if (e->desc.on_step) e->desc.on_step(&e->last, e->desc.step_user);
+    return r;
+}
+
+LWDEF lw_result lw_engine_run(lw_engine* e) {
+    if (!e) return lw__fail(NULL, LW_INVALID_ARGS, "lw_engine_run: engine is NULL");
+    while (!lw_engine_idle(e)) {
+        lw_result r = lw_engine_step(e);
+        if (r) return r;
+    }
+    return LW_OK;
+}
+
+LWDEF lw_result lw_engine_get_stats(const lw_engine* e, lw_engine_stats* out) {
+    if (!e || !out) return lw__fail(NULL, LW_INVALID_ARGS, "lw_engine_get_stats: NULL argument");
+    *out = e->st;
+    out->running = (int)stbds_arrlen(e->running);
+    out->waiting = (int)stbds_arrlen(e->queue);
+    out->mean_rows_per_step = e->st.steps ? e->rows_total / (double)e->st.steps : 0.0;
+    double end = lw_engine_idle(e) && e->st.finished ? e->t_last_finish : lw__engine_now(e);
+    out->elapsed_s = e->st.submitted ? LW__MAX(0.0, end - e->t_first_submit) : 0.0;
+    out->throughput = out->elapsed_s > 0 ? (double)e->st.generated_tokens / out->elapsed_s : 0.0;
+    out->requests_per_s = out->elapsed_s > 0 ? (double)e->st.finished / out->elapsed_s : 0.0;
+    out->goodput = out->elapsed_s > 0 ? (double)e->met_slo / out->elapsed_s : 0.0;
+    out->kv_pages = e->ctx->n_pages;
+    out->kv_pages_used = e->ctx->n_pages - e->ctx->n_free;
+    out->kv_pages_peak = e->ctx->pages_peak;
+    out->kv_occupancy = (double)out->kv_pages_used / (double)e->ctx->n_pages;
+    out->kv_bytes_per_token = (double)e->ctx->kv.page_bytes / (double)e->ctx->kv.page_size;
+    double bytes = e->st.weight_bytes + e->st.kv_bytes_read + e->st.kv_bytes_written;
+    out->bytes_per_s = e->st.forward_s > 0 ? bytes / e->st.forward_s : 0.0;
+    out->flops_per_s = e->st.forward_s > 0 ? e->st.flops / e->st.forward_s : 0.0;
+    out->arithmetic_intensity = bytes > 0 ? e->st.flops / bytes : 0.0;
+    return LW_OK;
+}
+
 // >>generate ------------------------------------------------------------------------------------------
 
-typedef struct lw__gen_state {
-    const lw_generate_desc* desc;
-    lw_generate_result*     res;
-    const lw_model*         model;
-    char*                   text;          // stb_ds array of generated bytes
-    double                  t_start, t_first, t_last;
-} lw__gen_state;
+typedef struct lw__gen_state { const lw_generate_desc* desc; bool stopped; } lw__gen_state;
 
-static bool lw__gen_emit(lw__decoder* d, int32_t token, void* user) {
-    lw__gen_state* g = (lw__gen_state*)user;
-    (void)d;
-    double t = lw__now();
-    if (g->t_first == 0.0) g->t_first = t;
-    g->t_last = t;
-    char buf[256];
-    int n = 0;
-    if (g->model->tok.n_tokens) {
-        n = lw__tokenizer_piece(&g->model->tok, token, false, buf, (int)sizeof buf);
-        n = LW__MAX(0, LW__MIN(n, (int)sizeof buf));
-    }
-    for (int i = 0; i < n; i++) stbds_arrput(g->text, buf[i]);
-    if (g->desc->on_token) return g->desc->on_token(token, buf, n, g->desc->user);
-    return true;
+static void lw__gen_event(const lw_event* ev) {
+    lw__gen_state* g = (lw__gen_state*)ev->user;
+    if (ev->kind == LW_EVENT_TOKEN && g->desc->on_token && !g->stopped &&
+        !g->desc->on_token(ev->token, ev->piece, ev->piece_len, g->desc->user))
+        g->stopped = true;
 }
 
 LWDEF void lw_generate_result_free(lw_generate_result* res) {
@@ -4906,108 +5728,56 @@ LWDEF void lw_generate_result_free(lw_generate_result* res) {
 LWDEF lw_result lw_generate(lw_ctx* ctx, const lw_generate_desc* desc, lw_generate_result* out) {
     if (out) memset(out, 0, sizeof *out);
     if (!ctx || !desc) return lw__fail(NULL, LW_INVALID_ARGS, "lw_generate: ctx and desc are required");
-    const lw_logger* lg = &ctx->logger;
-    const lw_model* m = ctx->model;
-    int n_vocab = m->w.cfg.n_vocab;
-    if (!desc->prompt && !desc->prompt_ids) return lw__fail(lg, LW_INVALID_ARGS, "lw_generate_desc: prompt or prompt_ids is required");
-    if (desc->prompt_ids && desc->n_prompt_ids < 1)
-        return lw__fail(lg, LW_INVALID_ARGS, "lw_generate_desc.n_prompt_ids: %d (at least one id)", desc->n_prompt_ids);
-    if (desc->max_tokens < 0) return lw__fail(lg, LW_INVALID_ARGS, "lw_generate_desc.max_tokens: %d must be >= 0", desc->max_tokens);
-
-    lw__gen_state g;
-    memset(&g, 0, sizeof g);
-    g.desc = desc;
-    g.res = out;
-    g.model = m;
-    g.t_start = lw__now();
-    lw__decoder d;
-    memset(&d, 0, sizeof d);
-    d.mode = &lw__mode_ar;
-    d.ctx = ctx;
-    d.emit = lw__gen_emit;
-    d.emit_user = &g;
-    float* logits = NULL;
-    lw_row* rows = NULL;
-    lw_result r;
-    bool have_seq = false;
-
-    if (desc->prompt_ids) {
-        for (int i = 0; i < desc->n_prompt_ids; i++) {
-            if (desc->prompt_ids[i] < 0 || desc->prompt_ids[i] >= n_vocab) {
-                r = lw__fail(lg, LW_INVALID_TOKEN, "lw_generate_desc.prompt_ids[%d]: %d is outside [0, %d)", i, desc->prompt_ids[i], n_vocab);
-                goto done;
-            }
-            stbds_arrput(d.tokens, desc->prompt_ids[i]);
-        }
-    } else {
-        if ((r = lw__model_has_tokenizer(m, "lw_generate"))) goto done;
-        if ((r = lw__tokenizer_encode(&m->tok, desc->prompt, strlen(desc->prompt), LW_TOKENIZE_ADD_SPECIAL, &d.tokens, lg))) goto done;
-        if (stbds_arrlen(d.tokens) == 0) { r = lw__fail(lg, LW_INVALID_ARGS, "lw_generate: the prompt is empty"); goto done; }
+    lw_engine_desc ed;
+    memset(&ed, 0, sizeof ed);
+    ed.max_running = 1;
+    ed.no_prefix_sharing = true;
+    ed.logger = ctx->logger;
+    lw_engine* e = (lw_engine*)lw__calloc(NULL, 1, sizeof(lw_engine));
+    if (!e) return lw__fail(&ctx->logger, LW_OUT_OF_MEMORY, "lw_generate: out of memory");
+    lw_result r = lw__engine_open(e, ctx, false, &ed);
+    lw__gen_state g = { desc, false };
+    lw_request_desc rd;
+    memset(&rd, 0, sizeof rd);
+    rd.prompt = desc->prompt;
+    rd.prompt_ids = desc->prompt_ids;
+    rd.n_prompt_ids = desc->n_prompt_ids;
+    rd.max_tokens = desc->max_tokens;
+    rd.sampler = desc->sampler;
+    rd.on_event = lw__gen_event;
+    rd.user = &g;
+    lw_request req = { 0 };
+    if (r == LW_OK) r = lw_engine_submit(e, &rd, &req);
+    while (r == LW_OK && !lw_engine_idle(e)) {
+        r = lw_engine_step(e);
+        if (g.stopped) lw_engine_cancel(e, req);
     }
-    d.n_prompt = (int)stbds_arrlen(d.tokens);
-    if (d.n_prompt >= ctx->n_ctx) {
-        r = lw__fail(lg, LW_CONTEXT_FULL, "lw_generate: a prompt of %d tokens leaves no room in a context of %d", d.n_prompt, ctx->n_ctx);
-        goto done;
-    }
-    d.max_tokens = desc->max_tokens ? desc->max_tokens : ctx->n_ctx;
-    if ((r = lw_sampler_create(&d.sampler, n_vocab, &desc->sampler))) goto done;
-    if ((r = lw_seq_create(ctx, &d.seq))) goto done;
-    have_seq = true;
-    logits = (float*)lw__alloc(NULL, (size_t)n_vocab * sizeof(float));
-    rows = (lw_row*)lw__alloc(NULL, (size_t)ctx->max_rows * sizeof(lw_row));
-    if (!logits || !rows) { r = lw__fail(lg, LW_OUT_OF_MEMORY, "lw_generate: out of memory"); goto done; }
-
-    while (!d.done) {
-        lw_batch b;
-        memset(&b, 0, sizeof b);
-        b.rows = rows;
-        b.n_rows = d.mode->plan(&d, rows, ctx->max_rows);
-        b.logits = logits;
-        double t0 = lw__now();
-        if ((r = lw_ctx_forward(ctx, &b))) goto done;
-        if (out) {
-            out->forwards++;
-            if (d.n_fed < d.n_prompt) out->prefill_ms += (lw__now() - t0) * 1e3;
-        }
-        if ((r = d.mode->absorb(&d, logits))) goto done;
-    }
-    r = LW_OK;
-done:
-    if (out) {
-        int n_gen = d.n_prompt ? (int)stbds_arrlen(d.tokens) - d.n_prompt : 0;
-        out->finish = r ? LW_FINISH_ERROR : d.finish;
-        out->n_prompt = d.n_prompt;
-        out->n_ids = n_gen;
-        out->prompt_ids = (int32_t*)lw__alloc(NULL, (size_t)d.n_prompt * sizeof(int32_t) + 1);
-        out->ids = (int32_t*)lw__alloc(NULL, (size_t)n_gen * sizeof(int32_t) + 1);
-        out->text = (char*)lw__alloc(NULL, (size_t)stbds_arrlen(g.text) + 1);
+    lw_request_info info;
+    if (out && req.id && lw_request_get(e, req, &info) == LW_OK) {
+        out->finish = r ? LW_FINISH_ERROR : info.finish;
+        out->n_prompt = info.n_prompt;
+        out->n_ids = info.n_ids;
+        out->prompt_ids = (int32_t*)lw__alloc(NULL, (size_t)info.n_prompt * sizeof(int32_t) + 1);
+        out->ids = (int32_t*)lw__alloc(NULL, (size_t)info.n_ids * sizeof(int32_t) + 1);
+        out->text = (char*)lw__alloc(NULL, info.text_len + 1);
         if (out->prompt_ids && out->ids && out->text) {
-            if (d.n_prompt) memcpy(out->prompt_ids, d.tokens, (size_t)d.n_prompt * sizeof(int32_t));
-            if (n_gen) memcpy(out->ids, d.tokens + d.n_prompt, (size_t)n_gen * sizeof(int32_t));
-            if (stbds_arrlen(g.text)) memcpy(out->text, g.text, (size_t)stbds_arrlen(g.text));
-            out->text[stbds_arrlen(g.text)] = 0;
+            memcpy(out->prompt_ids, info.prompt_ids, (size_t)info.n_prompt * sizeof(int32_t));
+            if (info.n_ids) memcpy(out->ids, info.ids, (size_t)info.n_ids * sizeof(int32_t));
+            memcpy(out->text, info.text, info.text_len);
+            out->text[info.text_len] = 0;
         } else {
             lw_generate_result_free(out);
-            if (r == LW_OK) r = lw__fail(lg, LW_OUT_OF_MEMORY, "lw_generate: out of memory for the result");
+            if (r == LW_OK) r = lw__fail(&ctx->logger, LW_OUT_OF_MEMORY, "lw_generate: out of memory for the result");
             out->finish = LW_FINISH_ERROR;
         }
-        if (g.t_first > 0.0) {
-            out->ttft_ms = (g.t_first - g.t_start) * 1e3;
-            if (n_gen > 1) {
-                out->tpot_ms = (g.t_last - g.t_first) * 1e3 / (n_gen - 1);
-                out->tokens_per_s = out->tpot_ms > 0.0 ? 1000.0 / out->tpot_ms : 0.0;
-            }
-        }
+        out->ttft_ms = info.ttft_ms;
+        out->tpot_ms = info.tpot_ms;
+        out->tokens_per_s = info.tpot_ms > 0.0 ? 1000.0 / info.tpot_ms : 0.0;
+        out->forwards = info.forwards;
     }
-    if (have_seq) lw_seq_free(ctx, d.seq);
-    lw_sampler_free(d.sampler);
-    stbds_arrfree(d.tokens);
-    stbds_arrfree(g.text);
-    lw__free(NULL, logits);
-    lw__free(NULL, rows);
+    lw_engine_free(e);
     return r;
 }
-
 #endif // LLMWALL_IMPLEMENTATION
 
 /*

@@ -308,7 +308,6 @@ int main(int argc, char** argv) {
         json_number(f, "ttft_ms", res.ttft_ms, 0);
         json_number(f, "tpot_ms", res.tpot_ms, 0);
         json_number(f, "tokens_per_s", res.tokens_per_s, 0);
-        json_number(f, "prefill_ms", res.prefill_ms, 0);
         fprintf(f, "\"forwards\":%d,\"threads\":%d,\"backend\":\"%s\"}}\n", res.forwards, lw_backend_threads(backend),
                 lw_backend_name(backend));
     } else {
