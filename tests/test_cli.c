@@ -772,6 +772,74 @@ static void test_text_prompt(void) {
     }
 }
 
+// --parallel and --prompt-file: every request gets exactly one JSON line with its own prompt_ids; batched
+// greedy requests give what the same request gives alone
+static void test_parallel_and_prompt_file(void) {
+    NEED_CLI();
+    ref_ids p1, p2;
+    LWT_REQUIRE(load_ref("p1", &p1) && load_ref("p2", &p2), "cannot read the references");
+    char csv[512];
+    ids_csv(p1.prompt, p1.n_prompt, csv, sizeof csv);
+    cli_run r = cli("-m '%s' --prompt-ids %s -n 16 --temp 0 --parallel 5 --json", g_model, csv);
+    LWT_CHECK(r.status == 0 && count_lines(r.out, r.out_n) == 5, "--parallel 5: exit %d, %d lines", r.status, count_lines(r.out, r.out_n));
+    char* line = r.out;
+    for (int k = 0; k < 5 && line && *line; k++) {
+        char* nl = strchr(line, '\n');
+        jval v;
+        char err[200];
+        int ok = nl && jparse(line, (size_t)(nl - line), &v, err, sizeof err);
+        LWT_CHECK(ok, "line %d is JSON: %s", k, ok ? "" : err);
+        if (ok) {
+            int32_t *pid = NULL, *ids = NULL;
+            int np = jints(jget(&v, "prompt_ids"), &pid), ni = jints(jget(&v, "ids"), &ids);
+            LWT_CHECK(np == p1.n_prompt && ids_equal(pid, p1.prompt, np), "line %d: prompt_ids", k);
+            LWT_CHECK(ni == 16 && ids_equal(ids, p1.gen, 16), "line %d: the greedy ids of the request alone", k);
+            free(pid);
+            free(ids);
+            jfree(&v);
+        }
+        line = nl ? nl + 1 : NULL;
+    }
+    cli_free(&r);
+    // two prompts from a file, two copies each: four lines, each with its prompt's ids
+    char path[160];
+    snprintf(path, sizeof path, "%s/prompts.txt", g_tmpdir);
+    FILE* f = fopen(path, "w");
+    LWT_REQUIRE(f, "temp file");
+    char* t1 = lwt_read_file(lwt_shared("ref/stories260K/p1_prompt.txt"), NULL);
+    char* t2 = lwt_read_file(lwt_shared("ref/stories260K/p2_prompt.txt"), NULL);
+    LWT_REQUIRE(t1 && t2, "prompts");
+    fprintf(f, "%s\n\n%s\n", strtok(t1, "\r\n"), strtok(t2, "\r\n"));
+    fclose(f);
+    r = cli("-m '%s' --prompt-file '%s' --parallel 2 -n 12 --temp 0 --json", g_model, path);
+    LWT_CHECK(r.status == 0 && count_lines(r.out, r.out_n) == 4, "--prompt-file with 2 prompts x 2: exit %d, %d lines", r.status,
+              count_lines(r.out, r.out_n));
+    int seen1 = 0, seen2 = 0;
+    line = r.out;
+    for (int k = 0; k < 4 && line && *line; k++) {
+        char* nl = strchr(line, '\n');
+        jval v;
+        char err[200];
+        if (nl && jparse(line, (size_t)(nl - line), &v, err, sizeof err)) {
+            int32_t *pid = NULL, *ids = NULL;
+            int np = jints(jget(&v, "prompt_ids"), &pid), ni = jints(jget(&v, "ids"), &ids);
+            if (np == p1.n_prompt && ids_equal(pid, p1.prompt, np)) { seen1++; LWT_CHECK(ni == 12 && ids_equal(ids, p1.gen, 12), "p1's ids"); }
+            if (np == p2.n_prompt && ids_equal(pid, p2.prompt, np)) { seen2++; LWT_CHECK(ni == 12 && ids_equal(ids, p2.gen, 12), "p2's ids"); }
+            free(pid);
+            free(ids);
+            jfree(&v);
+        }
+        line = nl ? nl + 1 : NULL;
+    }
+    LWT_CHECK(seen1 == 2 && seen2 == 2, "each prompt twice (%d, %d)", seen1, seen2);
+    free(t1);
+    free(t2);
+    cli_free(&r);
+    r = cli("-m '%s' --prompt-file '%s/no-such-file' -n 4", g_model, g_tmpdir);
+    LWT_CHECK(r.status == 1 && r.out_n == 0 && count_lines(r.err, r.err_n) == 1, "a missing prompt file: one error line");
+    cli_free(&r);
+}
+
 int main(int argc, char** argv) {
     lwt_init(argc, argv);
     g_build = getenv("BUILD");
@@ -794,6 +862,7 @@ int main(int argc, char** argv) {
     LWT_RUN(test_bad_arguments);
     LWT_RUN(test_backend_cuda);
     LWT_RUN(test_text_prompt);
+    LWT_RUN(test_parallel_and_prompt_file);
 
     unlink(g_out_path);
     unlink(g_err_path);

@@ -2,11 +2,14 @@
 
        build/llmwall -m MODEL [-p TEXT | --prompt-ids 1,2,3] [-n N] [-t THREADS] [--temp T] [--top-k K]
                      [--top-p P] [--min-p P] [--repeat-penalty R] [--seed S] [--kv-type f32|f16]
-                     [--backend auto|cpu|cuda] [--mode ar] [-c N] [--json] [-v]
+                     [--backend auto|cpu|cuda] [--mode ar] [-c N] [--parallel N] [--prompt-file F] [--json] [-v]
 
-   Without --json it streams the prompt and the generated text to stdout and a line of statistics to
-   stderr. With --json stdout carries exactly one line: a JSON object with prompt_ids, ids (generated,
-   ending before the end-of-generation token), text, and stats. Errors: one line on stderr, exit 1.
+   Every request runs through an lw_engine, so --parallel and --prompt-file requests share forward passes.
+   Without --json one request streams the prompt and the generated text to stdout (several print each
+   text when it ends) and a line of statistics goes to stderr. With --json stdout carries exactly one
+   line per request, in the order they finish: a JSON object with prompt_ids, ids (generated, ending
+   before the end-of-generation token), text, finish, and stats (the request's, and the engine's
+   summary). Errors: one line on stderr, exit 1.
 */
 #define LLMWALL_IMPLEMENTATION
 #include "../llmwall.h"
@@ -29,6 +32,8 @@ typedef struct cli_opts {
     lw_backend_kind backend;
     int             json;
     int             verbose;
+    int             parallel;        // copies of each request
+    const char*     prompt_file;     // one prompt per line
 } cli_opts;
 
 static void usage(FILE* f) {
@@ -50,6 +55,8 @@ static void usage(FILE* f) {
         "  --kv-type f32|f16       KV cache entry type (default f32)\n"
         "  --backend auto|cpu|cuda (default auto)\n"
         "  --mode ar               decoding mode (ar: autoregressive)\n"
+        "  --parallel N            run N copies of the request at once, batched (default 1)\n"
+        "  --prompt-file F         one prompt per line, all submitted at once and run batched\n"
         "  --json                  print one JSON object with ids, text and stats\n"
         "  -v, --verbose           log to stderr\n"
         "  -h, --help, --version\n");
@@ -110,6 +117,7 @@ static void parse_ids(cli_opts* o, const char* s) {
 static void parse_args(cli_opts* o, int argc, char** argv) {
     memset(o, 0, sizeof *o);
     o->n_predict = 128;
+    o->parallel = 1;
     o->sampler.temperature = 0.8f;
     o->sampler.top_k = 40;
     o->sampler.top_p = 0.95f;
@@ -128,6 +136,8 @@ static void parse_args(cli_opts* o, int argc, char** argv) {
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) o->model = v;
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) o->prompt = v;
         else if (!strcmp(a, "--prompt-ids")) parse_ids(o, v);
+        else if (!strcmp(a, "--prompt-file")) o->prompt_file = v;
+        else if (!strcmp(a, "--parallel")) o->parallel = (int)parse_int(a, v, 1, 4096);
         else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) o->n_predict = (int)parse_int(a, v, 0, 1 << 24);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) o->threads = (int)parse_int(a, v, 1, 4096);
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) o->n_ctx = (int)parse_int(a, v, 1, 1 << 24);
@@ -156,7 +166,8 @@ static void parse_args(cli_opts* o, int argc, char** argv) {
         } else die("unknown option '%s'%s (see --help)", a, "");
     }
     if (!o->model) die("no model given (-m FILE)%s%s", "", "");
-    if (o->prompt && o->prompt_ids) die("give -p or --prompt-ids, not both%s%s", "", "");
+    if ((o->prompt != NULL) + (o->prompt_ids != NULL) + (o->prompt_file != NULL) > 1)
+        die("give one of -p, --prompt-ids and --prompt-file%s%s", "", "");
     if (!o->prompt && !o->prompt_ids) o->prompt = "";
 }
 
@@ -241,85 +252,195 @@ static void log_stderr(lw_log_level level, const char* msg, void* user) {
     fprintf(stderr, "[%s] %s\n", names[level >= 1 && level <= 4 ? level : 0], msg);
 }
 
+// ---- requests through the engine
+
+typedef struct cli_run {
+    const cli_opts*  o;
+    lw_engine*       engine;
+    lw_backend*      backend;
+    int              n_requests;
+    int              streaming;      // one request without --json: stream its text
+    stream_state     stream;
+    int              failed;
+} cli_run;
+
+typedef struct cli_req { cli_run* run; int index; } cli_req;
+
+static void print_json(cli_run* run, lw_request h) {
+    lw_request_info in;
+    if (lw_request_get(run->engine, h, &in) != LW_OK) return;
+    lw_engine_stats es;
+    lw_engine_get_stats(run->engine, &es);
+    FILE* f = stdout;
+    fputs("{\"prompt_ids\":", f);
+    json_ids(f, in.prompt_ids, in.n_prompt);
+    fputs(",\"ids\":", f);
+    json_ids(f, in.ids, in.n_ids);
+    fputs(",\"text\":", f);
+    json_string(f, in.text, in.text_len);
+    fprintf(f, ",\"finish\":\"%s\",\"stats\":{\"prompt_tokens\":%d,\"generated_tokens\":%d,", finish_name(in.finish), in.n_prompt,
+            in.n_ids);
+    json_number(f, "ttft_ms", in.ttft_ms, 0);
+    json_number(f, "tpot_ms", in.tpot_ms, 0);
+    json_number(f, "tokens_per_s", in.tpot_ms > 0 ? 1000.0 / in.tpot_ms : 0.0, 0);
+    json_number(f, "e2e_ms", in.e2e_ms, 0);
+    json_number(f, "queue_ms", in.queue_ms, 0);
+    fprintf(f, "\"preemptions\":%d,\"shared_tokens\":%d,\"forwards\":%d,\"threads\":%d,\"backend\":\"%s\",\"engine\":{", in.preemptions,
+            in.shared_tokens, in.forwards, lw_backend_threads(run->backend), lw_backend_name(run->backend));
+    fprintf(f, "\"requests\":%lld,\"finished\":%lld,\"steps\":%lld,\"preemptions\":%lld,\"generated_tokens\":%lld,",
+            (long long)es.submitted, (long long)es.finished, (long long)es.steps, (long long)es.preemptions,
+            (long long)es.generated_tokens);
+    json_number(f, "mean_rows_per_step", es.mean_rows_per_step, 0);
+    json_number(f, "throughput", es.throughput, 0);
+    json_number(f, "goodput", es.goodput, 0);
+    json_number(f, "kv_occupancy_peak", es.kv_pages ? (double)es.kv_pages_peak / (double)es.kv_pages : 0.0, 0);
+    json_number(f, "kv_bytes_per_token", es.kv_bytes_per_token, 0);
+    json_number(f, "gb_per_s", es.bytes_per_s / 1e9, 0);
+    json_number(f, "gflop_per_s", es.flops_per_s / 1e9, 0);
+    json_number(f, "arithmetic_intensity", es.arithmetic_intensity, 1);
+    fputs("}}}\n", f);
+    fflush(f);
+}
+
+static void on_event(const lw_event* ev) {
+    cli_req* cr = (cli_req*)ev->user;
+    cli_run* run = cr->run;
+    if (ev->kind == LW_EVENT_TOKEN) {
+        if (run->streaming) stream_piece(ev->token, ev->piece, ev->piece_len, &run->stream);
+        return;
+    }
+    if (ev->finish == LW_FINISH_ERROR) {
+        run->failed = 1;
+        return;
+    }
+    if (run->o->json) print_json(run, ev->request);
+    else if (!run->streaming) {   // several requests: each one's text when it ends
+        lw_request_info in;
+        lw_request_get(run->engine, ev->request, &in);
+        printf("--- request %d (%s, %d tokens)\n%.*s\n", cr->index, finish_name(in.finish), in.n_ids, (int)in.text_len, in.text);
+    }
+}
+
+// one prompt per line; empty lines are skipped
+static char** read_prompts(const char* path, int* n) {
+    FILE* f = fopen(path, "rb");
+    if (!f) { fprintf(stderr, "error: cannot open prompt file '%s'\n", path); exit(1); }
+    char** out = NULL;
+    int count = 0, cap = 0;
+    char line[65536];
+    while (fgets(line, sizeof line, f)) {
+        size_t len = strlen(line);
+        while (len && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
+        if (!len) continue;
+        if (count == cap) { cap = cap ? 2 * cap : 16; out = (char**)realloc(out, (size_t)cap * sizeof(char*)); }
+        out[count] = (char*)malloc(len + 1);
+        memcpy(out[count++], line, len + 1);
+    }
+    fclose(f);
+    if (!count) { fprintf(stderr, "error: prompt file '%s' has no prompts\n", path); exit(1); }
+    *n = count;
+    return out;
+}
+
 int main(int argc, char** argv) {
     cli_opts o;
     parse_args(&o, argc, argv);
     lw_logger logger = { NULL, NULL };
     if (o.verbose) logger.func = log_stderr;
 
+    int n_prompts = 1;
+    char** prompts = o.prompt_file ? read_prompts(o.prompt_file, &n_prompts) : NULL;
+    int n_requests = n_prompts * o.parallel;
+
     lw_model* model = NULL;
     lw_backend* backend = NULL;
-    lw_ctx* ctx = NULL;
+    lw_engine* engine = NULL;
     lw_model_desc md;
     memset(&md, 0, sizeof md);
     md.logger = logger;
-    if (lw_model_load(&model, o.model, &md) != LW_OK) {
-        fprintf(stderr, "error: %s\n", lw_last_error());
-        free(o.prompt_ids);
-        return 1;
-    }
     lw_backend_desc bd;
     memset(&bd, 0, sizeof bd);
     bd.kind = o.backend;
     bd.n_threads = o.threads;
     bd.logger = logger;
-    lw_ctx_desc cd;
-    memset(&cd, 0, sizeof cd);
-    cd.n_ctx = o.n_ctx;
-    cd.kv_type = o.kv_type;
-    cd.max_seqs = 1;
-    cd.logger = logger;
-    if (lw_backend_create(&backend, &bd) != LW_OK || lw_ctx_create(&ctx, model, backend, &cd) != LW_OK) {
+    lw_engine_desc ed;
+    memset(&ed, 0, sizeof ed);
+    ed.n_ctx = o.n_ctx;
+    ed.kv_type = o.kv_type;
+    ed.max_running = n_requests < 64 ? n_requests : 64;
+    ed.logger = logger;
+    int status = 0;
+    if (lw_model_load(&model, o.model, &md) != LW_OK || lw_backend_create(&backend, &bd) != LW_OK) status = 1;
+    if (!status) {
+        lw_model_info info;
+        memset(&info, 0, sizeof info);
+        lw_model_get_info(model, &info);
+        int n_ctx = o.n_ctx ? o.n_ctx : info.n_ctx_train;
+        ed.kv_tokens = (int64_t)n_ctx * ed.max_running;   // room for every running sequence at full length
+        if (lw_engine_create(&engine, model, backend, &ed) != LW_OK) status = 1;
+    }
+    if (status) {
         fprintf(stderr, "error: %s\n", lw_last_error());
         lw_backend_free(backend);
         lw_model_free(model);
         free(o.prompt_ids);
         return 1;
     }
-    lw_generate_desc gd;
-    memset(&gd, 0, sizeof gd);
-    gd.prompt = o.prompt_ids ? NULL : o.prompt;
-    gd.prompt_ids = o.prompt_ids;
-    gd.n_prompt_ids = o.n_prompt_ids;
-    gd.max_tokens = o.n_predict;
-    gd.sampler = o.sampler;
-    stream_state st = { o.prompt_ids ? NULL : o.prompt, 0 };
-    if (!o.json) {
-        gd.on_token = stream_piece;
-        gd.user = &st;
+
+    cli_run run;
+    memset(&run, 0, sizeof run);
+    run.o = &o;
+    run.engine = engine;
+    run.backend = backend;
+    run.n_requests = n_requests;
+    run.streaming = !o.json && n_requests == 1;
+    run.stream.prompt = o.prompt_ids ? NULL : o.prompt;
+    cli_req* reqs = (cli_req*)calloc((size_t)n_requests, sizeof(cli_req));
+    lw_request* handles = (lw_request*)calloc((size_t)n_requests, sizeof(lw_request));
+    for (int i = 0; i < n_requests && !status; i++) {
+        lw_request_desc rd;
+        memset(&rd, 0, sizeof rd);
+        if (prompts) rd.prompt = prompts[i / o.parallel];
+        else if (o.prompt_ids) { rd.prompt_ids = o.prompt_ids; rd.n_prompt_ids = o.n_prompt_ids; }
+        else rd.prompt = o.prompt;
+        rd.max_tokens = o.n_predict;
+        rd.sampler = o.sampler;
+        rd.sampler.seed = o.sampler.seed + (uint64_t)(i % o.parallel);   // copies of a prompt draw differently
+        reqs[i].run = &run;
+        reqs[i].index = i;
+        rd.on_event = on_event;
+        rd.user = &reqs[i];
+        if (lw_engine_submit(engine, &rd, &handles[i]) != LW_OK) {
+            fprintf(stderr, "error: %s\n", lw_last_error());
+            status = 1;
+        }
     }
-    lw_generate_result res;
-    lw_result r = lw_generate(ctx, &gd, &res);
-    int status = 0;
-    if (r != LW_OK) {
-        if (st.started) printf("\n");
+    lw_result r = status ? LW_OK : lw_engine_run(engine);
+    if (!status && (r != LW_OK || run.failed)) {
+        if (run.stream.started) printf("\n");
         fprintf(stderr, "error: %s\n", lw_last_error());
         status = 1;
-    } else if (o.json) {
-        FILE* f = stdout;
-        fputs("{\"prompt_ids\":", f);
-        json_ids(f, res.prompt_ids, res.n_prompt);
-        fputs(",\"ids\":", f);
-        json_ids(f, res.ids, res.n_ids);
-        fputs(",\"text\":", f);
-        json_string(f, res.text, strlen(res.text));
-        fprintf(f, ",\"finish\":\"%s\",\"stats\":{\"prompt_tokens\":%d,\"generated_tokens\":%d,", finish_name(res.finish),
-                res.n_prompt, res.n_ids);
-        json_number(f, "ttft_ms", res.ttft_ms, 0);
-        json_number(f, "tpot_ms", res.tpot_ms, 0);
-        json_number(f, "tokens_per_s", res.tokens_per_s, 0);
-        fprintf(f, "\"forwards\":%d,\"threads\":%d,\"backend\":\"%s\"}}\n", res.forwards, lw_backend_threads(backend),
-                lw_backend_name(backend));
-    } else {
-        stream_start(&st);   // nothing generated: still show the prompt
+    } else if (!status && run.streaming) {
+        lw_request_info in;
+        lw_request_get(engine, handles[0], &in);
+        stream_start(&run.stream);   // nothing generated: still show the prompt
         printf("\n");
         fprintf(stderr, "[%d prompt + %d generated tokens (%s), ttft %.1f ms, %.2f ms/token, %.1f tokens/s, %s x%d]\n",
-                res.n_prompt, res.n_ids, finish_name(res.finish), res.ttft_ms, res.tpot_ms, res.tokens_per_s,
+                in.n_prompt, in.n_ids, finish_name(in.finish), in.ttft_ms, in.tpot_ms, in.tpot_ms > 0 ? 1000.0 / in.tpot_ms : 0.0,
                 lw_backend_name(backend), lw_backend_threads(backend));
+    } else if (!status && !o.json) {
+        lw_engine_stats es;
+        lw_engine_get_stats(engine, &es);
+        fprintf(stderr, "[%lld requests, %lld tokens in %.2f s: %.1f tokens/s, %.1f rows per step, %lld preemptions, %s x%d]\n",
+                (long long)es.finished, (long long)es.generated_tokens, es.elapsed_s, es.throughput, es.mean_rows_per_step,
+                (long long)es.preemptions, lw_backend_name(backend), lw_backend_threads(backend));
     }
-    lw_generate_result_free(&res);
+    free(reqs);
+    free(handles);
+    for (int i = 0; prompts && i < n_prompts; i++) free(prompts[i]);
+    free(prompts);
     free(o.prompt_ids);
-    lw_ctx_free(ctx);
+    lw_engine_free(engine);
     lw_backend_free(backend);
     lw_model_free(model);
     return status;
