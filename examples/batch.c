@@ -62,7 +62,7 @@ int main(int argc, char** argv) {
                                       .sampler = { .temperature = 0.8f, .top_p = 0.95f, .seed = (uint64_t)i } };
                 if (lw_engine_submit(engine, &d, &s->request) != LW_OK) fprintf(stderr, "%s: %s\n", s->name, lw_last_error());
             }
-            if (step == s->cancel_at_step) lw_engine_cancel(engine, s->request);
+            if (s->cancel_at_step && step == s->cancel_at_step) lw_engine_cancel(engine, s->request);
         }
         if (lw_engine_step(engine) != LW_OK) { fprintf(stderr, "error: %s\n", lw_last_error()); break; }
         if (step > 12 && lw_engine_idle(engine)) break;
