@@ -221,6 +221,7 @@ typedef enum lw_result {
     LW_TOKENIZER_UNSUPPORTED  = -207,   // tokenizer.ggml.model or .pre is not supported
     LW_TOKENIZER_BAD_VOCAB    = -208,   // the vocabulary is inconsistent (counts, ids, merges)
     LW_INVALID_TOKEN          = -209,   // a token id outside [0, n_vocab)
+    LW_VOCAB_MISMATCH         = -210,   // two models that must share a vocabulary do not
 
     LW_INVALID_SEQ            = -300,   // an unknown or already freed sequence handle
     LW_CONTEXT_FULL           = -301,   // a position at or past the context length
@@ -438,7 +439,14 @@ LWDEF int       lw_ctx_n_ctx(const lw_ctx* ctx);
 // A sequence handle: a slot index and a generation count. 0 is never a valid handle.
 typedef struct lw_seq { uint32_t id; } lw_seq;
 
-LWDEF lw_result lw_seq_create(lw_ctx* ctx, lw_seq* out);
+// Adds another model whose sequences share this context's backend and KV pool (a draft model for
+// speculative decoding): its positions fill the same fixed-size pages, as many to a page as fit. Its
+// vocabulary must be the primary model's (same tokens and special ids), else LW_VOCAB_MISMATCH.
+// *index is what lw_seq_create_for and lw_batch.model take; the primary model is 0.
+LWDEF lw_result lw_ctx_add_model(lw_ctx* ctx, lw_model* model, int* index);
+
+LWDEF lw_result lw_seq_create(lw_ctx* ctx, lw_seq* out);                     // a sequence of the primary model
+LWDEF lw_result lw_seq_create_for(lw_ctx* ctx, int model, lw_seq* out);      // of an added model
 LWDEF lw_result lw_seq_free(lw_ctx* ctx, lw_seq seq);                 // returns its pages
 LWDEF lw_result lw_seq_length(const lw_ctx* ctx, lw_seq seq, int* out); // committed positions
 // Forget committed positions >= length (rejected draft tokens, scratch); frees whole pages.
@@ -486,6 +494,7 @@ typedef struct lw_forward_stats {
 } lw_forward_stats;
 
 typedef struct lw_batch {
+    int                 model;         // which of the context's models runs (0: the primary); all rows' sequences are its
     const lw_row*       rows;
     int                 n_rows;
     const lw_seq_mask*  masks;         // sequences without an entry use LW_MASK_CAUSAL
@@ -938,6 +947,7 @@ LWDEF const char* lw_result_string(lw_result result) {
     case LW_TOKENIZER_UNSUPPORTED:  return "LW_TOKENIZER_UNSUPPORTED: unsupported tokenizer";
     case LW_TOKENIZER_BAD_VOCAB:    return "LW_TOKENIZER_BAD_VOCAB: inconsistent vocabulary";
     case LW_INVALID_TOKEN:          return "LW_INVALID_TOKEN: token id out of range";
+    case LW_VOCAB_MISMATCH:         return "LW_VOCAB_MISMATCH: the models' vocabularies differ";
     case LW_INVALID_SEQ:            return "LW_INVALID_SEQ: unknown or freed sequence";
     case LW_CONTEXT_FULL:           return "LW_CONTEXT_FULL: position past the context length";
     case LW_KV_FULL:                return "LW_KV_FULL: KV cache pool exhausted";
@@ -4434,19 +4444,29 @@ LWDEF int lw_backend_threads(const lw_backend* be) { return be ? be->vt->n_threa
 typedef struct lw__seq_slot {
     uint32_t  generation;    // bumped at every free, so old handles stop matching
     bool      alive;
+    int       model;         // index into the context's models
     int       length;        // committed positions
     int       n_pages;
     int32_t*  pages;         // [max_pages_per_seq]
 } lw__seq_slot;
 
+#define LW__CTX_MODELS 4
+
+typedef struct lw__ctx_model {
+    lw_model*       model;
+    void*           prepared;        // the backend's handle of its weights
+    lw__kv_layout   kv;              // how its positions sit in a page
+} lw__ctx_model;
+
 struct lw_ctx {
     lw_allocator    allocator;
     lw_logger       logger;
-    lw_model*       model;
+    lw_model*       model;           // the primary model (models[0].model)
     lw_backend*     backend;
-    void*           prepared;        // the backend's handle of the model's weights
+    lw__ctx_model   models[LW__CTX_MODELS];
+    int             n_models;
     int             n_ctx, max_seqs, max_rows, max_pages_per_seq;
-    lw__kv_layout   kv;
+    lw__kv_layout   kv;              // the primary model's layout (models[0].kv); page_bytes is the pool's page
     void*           kv_pool;
     int             n_pages;
     int32_t*        free_pages;      // [n_pages] stack
@@ -4485,12 +4505,20 @@ static int32_t lw__page_take(lw_ctx* ctx) {
     return page;
 }
 
-LWDEF lw_result lw_seq_create(lw_ctx* ctx, lw_seq* out) {
+// The page layout of a sequence's model.
+static const lw__kv_layout* lw__seq_kv(const lw_ctx* ctx, const lw__seq_slot* s) { return &ctx->models[s->model].kv; }
+
+LWDEF lw_result lw_seq_create(lw_ctx* ctx, lw_seq* out) { return lw_seq_create_for(ctx, 0, out); }
+
+LWDEF lw_result lw_seq_create_for(lw_ctx* ctx, int model, lw_seq* out) {
     if (!ctx || !out) return lw__fail(NULL, LW_INVALID_ARGS, "lw_seq_create: NULL argument");
+    if (model < 0 || model >= ctx->n_models)
+        return lw__fail(&ctx->logger, LW_INVALID_ARGS, "lw_seq_create_for: model %d is not one of the context's %d", model, ctx->n_models);
     for (int i = 0; i < ctx->max_seqs; i++) {
         lw__seq_slot* s = &ctx->seqs[i];
         if (s->alive) continue;
         s->alive = true;
+        s->model = model;
         s->length = 0;
         s->n_pages = 0;
         out->id = (s->generation << 16) | (uint32_t)(i + 1);
@@ -4504,7 +4532,7 @@ LWDEF lw_result lw_seq_truncate(lw_ctx* ctx, lw_seq seq, int length) {
     if (!s) return lw__fail(ctx ? &ctx->logger : NULL, LW_INVALID_SEQ, "lw_seq_truncate: unknown or freed sequence %#x", seq.id);
     if (length < 0 || length > s->length)
         return lw__fail(&ctx->logger, LW_INVALID_ARGS, "lw_seq_truncate: length %d is outside [0, %d]", length, s->length);
-    int keep = (length + ctx->kv.page_size - 1) / ctx->kv.page_size;
+    int ps = lw__seq_kv(ctx, s)->page_size, keep = (length + ps - 1) / ps;
     while (s->n_pages > keep) lw__page_release(ctx, s->pages[--s->n_pages]);
     s->length = length;
     return LW_OK;
@@ -4515,11 +4543,10 @@ LWDEF lw_result lw_seq_fork(lw_ctx* ctx, lw_seq src, int n_positions, lw_seq* ou
     if (!s) return lw__fail(ctx ? &ctx->logger : NULL, LW_INVALID_SEQ, "lw_seq_fork: unknown or freed sequence %#x", src.id);
     if (!out || n_positions < 0 || n_positions > s->length)
         return lw__fail(&ctx->logger, LW_INVALID_ARGS, "lw_seq_fork: n_positions %d is outside [0, %d]", n_positions, s->length);
-    lw_result r = lw_seq_create(ctx, out);
+    lw_result r = lw_seq_create_for(ctx, s->model, out);
     if (r) return r;
     lw__seq_slot* d = lw__seq_get(ctx, *out);
-    s = lw__seq_get(ctx, src);   // (slot pointers are stable; re-read for clarity)
-    int n_pages = (n_positions + ctx->kv.page_size - 1) / ctx->kv.page_size;
+    int ps = lw__seq_kv(ctx, s)->page_size, n_pages = (n_positions + ps - 1) / ps;
     for (int i = 0; i < n_pages; i++) {
         d->pages[i] = s->pages[i];
         ctx->page_refs[s->pages[i]]++;
@@ -4620,7 +4647,10 @@ LWDEF lw_result lw_ctx_create(lw_ctx** out, lw_model* model, lw_backend* backend
     for (int i = 0; i < ctx->n_pages; i++) ctx->free_pages[i] = ctx->n_pages - 1 - i;   // page 0 first
     ctx->n_free = ctx->n_pages;
     if ((r = backend->vt->kv_alloc(backend->self, (size_t)ctx->n_pages * ctx->kv.page_bytes, &ctx->kv_pool))) goto fail;
-    if ((r = backend->vt->model_prepare(backend->self, &model->w, &ctx->prepared))) goto fail;
+    ctx->models[0].model = model;
+    ctx->models[0].kv = ctx->kv;
+    if ((r = backend->vt->model_prepare(backend->self, &model->w, &ctx->models[0].prepared))) goto fail;
+    ctx->n_models = 1;
     *out = ctx;
     return LW_OK;
 fail:
@@ -4631,7 +4661,8 @@ fail:
 LWDEF void lw_ctx_free(lw_ctx* ctx) {
     if (!ctx) return;
     lw_allocator a = ctx->allocator;
-    if (ctx->prepared) ctx->backend->vt->model_release(ctx->backend->self, ctx->prepared);
+    for (int i = 0; i < LW__CTX_MODELS; i++)
+        if (ctx->models[i].prepared) ctx->backend->vt->model_release(ctx->backend->self, ctx->models[i].prepared);
     if (ctx->kv_pool) ctx->backend->vt->kv_free(ctx->backend->self, ctx->kv_pool);
     if (ctx->seqs)
         for (int i = 0; i < ctx->max_seqs; i++) lw__free(&a, ctx->seqs[i].pages);
@@ -4652,11 +4683,61 @@ LWDEF void lw_ctx_free(lw_ctx* ctx) {
 LWDEF const lw_model* lw_ctx_model(const lw_ctx* ctx) { return ctx ? ctx->model : NULL; }
 LWDEF int lw_ctx_n_ctx(const lw_ctx* ctx) { return ctx ? ctx->n_ctx : 0; }
 
+// Same vocabulary: the same count, token texts and special ids (or, without tokenizers, the same count).
+static lw_result lw__vocab_check(const lw_model* a, const lw_model* b, const lw_logger* lg) {
+    const lw__tokenizer *ta = &a->tok, *tb = &b->tok;
+    if (a->w.cfg.n_vocab != b->w.cfg.n_vocab || ta->n_tokens != tb->n_tokens)
+        return lw__fail(lg, LW_VOCAB_MISMATCH, "vocabularies differ: %d and %d tokens", a->w.cfg.n_vocab, b->w.cfg.n_vocab);
+    if (ta->bos != tb->bos || ta->eos != tb->eos || ta->eot != tb->eot || ta->kind != tb->kind)
+        return lw__fail(lg, LW_VOCAB_MISMATCH, "vocabularies differ in their kind or special tokens");
+    for (int i = 0; i < ta->n_tokens; i++)
+        if (lw__str_cmp(ta->text[i], tb->text[i]) != 0)
+            return lw__fail(lg, LW_VOCAB_MISMATCH, "vocabularies differ at token %d ('" LW__STR_FMT "' and '" LW__STR_FMT "')", i,
+                            LW__STR_ARG(ta->text[i]), LW__STR_ARG(tb->text[i]));
+    return LW_OK;
+}
+
+LWDEF lw_result lw_ctx_add_model(lw_ctx* ctx, lw_model* model, int* index) {
+    if (!ctx || !model || !index) return lw__fail(NULL, LW_INVALID_ARGS, "lw_ctx_add_model: NULL argument");
+    const lw_logger* lg = &ctx->logger;
+    if (!model->info.has_weights) return lw__fail(lg, LW_MODEL_NO_WEIGHTS, "lw_ctx_add_model: the model has no weights");
+    if (ctx->n_models >= LW__CTX_MODELS) return lw__fail(lg, LW_INVALID_ARGS, "lw_ctx_add_model: a context holds at most %d models", LW__CTX_MODELS);
+    lw_result r = lw__vocab_check(ctx->model, model, lg);
+    if (r) return r;
+    const lw__config* c = &model->w.cfg;
+    lw__ctx_model* cm = &ctx->models[ctx->n_models];
+    memset(cm, 0, sizeof *cm);
+    cm->kv.kv_type = ctx->kv.kv_type;
+    cm->kv.kv_dim = c->n_head_kv * c->head_dim;
+    cm->kv.n_layer = c->n_layer;
+    cm->kv.page_bytes = ctx->kv.page_bytes;
+    size_t per_position = (size_t)c->n_layer * 2 * (size_t)cm->kv.kv_dim * (size_t)lw__types[ctx->kv.kv_type].type_size;
+    cm->kv.page_size = (int)LW__MIN((size_t)4096, ctx->kv.page_bytes / per_position);
+    if (cm->kv.page_size < 1)
+        return lw__fail(lg, LW_INVALID_ARGS, "lw_ctx_add_model: one position of the model (%zu bytes of KV) does not fit in a page of %zu bytes",
+                        per_position, ctx->kv.page_bytes);
+    int max_pages = (ctx->n_ctx + cm->kv.page_size - 1) / cm->kv.page_size;
+    if (max_pages > ctx->max_pages_per_seq) {   // grow every page table (only pages in use are kept)
+        for (int i = 0; i < ctx->max_seqs; i++) {
+            int32_t* p = (int32_t*)lw__calloc(&ctx->allocator, (size_t)max_pages, sizeof(int32_t));
+            if (!p) return lw__fail(lg, LW_OUT_OF_MEMORY, "lw_ctx_add_model: out of memory for page tables");
+            memcpy(p, ctx->seqs[i].pages, (size_t)ctx->seqs[i].n_pages * sizeof(int32_t));
+            lw__free(&ctx->allocator, ctx->seqs[i].pages);
+            ctx->seqs[i].pages = p;
+        }
+        ctx->max_pages_per_seq = max_pages;
+    }
+    if ((r = ctx->backend->vt->model_prepare(ctx->backend->self, &model->w, &cm->prepared))) return r;
+    cm->model = model;
+    *index = ctx->n_models++;
+    return LW_OK;
+}
+
 // Bytes and FLOPs of a forward pass, from the shapes (the roofline view).
-static void lw__forward_stats(const lw_ctx* ctx, const lw__fwd* f, int n_logits, lw_forward_stats* st) {
-    const lw__weights* w = &ctx->model->w;
+static void lw__forward_stats(const lw__fwd* f, int n_logits, lw_forward_stats* st) {
+    const lw__weights* w = f->w;
     const lw__config* c = &w->cfg;
-    double kv_elt = (double)lw__types[ctx->kv.kv_type].type_size, kv_dim = ctx->kv.kv_dim;
+    double kv_elt = (double)lw__types[f->kv->kv_type].type_size, kv_dim = f->kv->kv_dim;
     double per_pos = 2.0 * kv_dim * kv_elt;   // K and V of one position in one layer
     memset(st, 0, sizeof *st);
     st->rows = f->n_rows;
@@ -4691,9 +4772,12 @@ static void lw__forward_stats(const lw_ctx* ctx, const lw__fwd* f, int n_logits,
 static lw_result lw__batch_prepare(lw_ctx* ctx, const lw_batch* batch, int* n_seqs_out, int* n_logits_out, int* n_grown_out,
                                    int* n_cow_out) {
     const lw_logger* lg = &ctx->logger;
-    const lw__config* c = &ctx->model->w.cfg;
     int n = batch->n_rows, n_seqs = 0, n_logits = 0;
     *n_seqs_out = *n_grown_out = *n_logits_out = *n_cow_out = 0;
+    if (batch->model < 0 || batch->model >= ctx->n_models)
+        return lw__fail(lg, LW_BAD_BATCH, "batch: model %d is not one of the context's %d", batch->model, ctx->n_models);
+    const lw__config* c = &ctx->models[batch->model].model->w.cfg;
+    const lw__kv_layout* kv = &ctx->models[batch->model].kv;
     if (!batch->rows || n < 1 || n > ctx->max_rows)
         return lw__fail(lg, LW_BAD_BATCH, "batch: %d rows (1 to max_rows = %d allowed)", n, ctx->max_rows);
     if (batch->n_masks < 0 || (batch->n_masks && !batch->masks))
@@ -4702,6 +4786,8 @@ static lw_result lw__batch_prepare(lw_ctx* ctx, const lw_batch* batch, int* n_se
         const lw_row* row = &batch->rows[i];
         lw__seq_slot* s = lw__seq_get(ctx, row->seq);
         if (!s) return lw__fail(lg, LW_INVALID_SEQ, "batch row %d: unknown or freed sequence %#x", i, row->seq.id);
+        if (s->model != batch->model)
+            return lw__fail(lg, LW_BAD_BATCH, "batch row %d: its sequence belongs to model %d, the batch runs model %d", i, s->model, batch->model);
         if (row->token < 0 || row->token >= c->n_vocab)
             return lw__fail(lg, LW_INVALID_TOKEN, "batch row %d: token %d is outside [0, %d)", i, row->token, c->n_vocab);
         if (row->position < 0 || row->position >= ctx->n_ctx)
@@ -4763,14 +4849,14 @@ static lw_result lw__batch_prepare(lw_ctx* ctx, const lw_batch* batch, int* n_se
             next++;
         }
         // the page that the first committing row writes into may be shared: copy it first
-        int first = slot->length / ctx->kv.page_size;
+        int first = slot->length / kv->page_size;
         if (next > slot->length && first < slot->n_pages && ctx->page_refs[slot->pages[first]] > 1) {
             int32_t page = lw__page_take(ctx);
             if (page < 0)
                 return lw__fail(lg, LW_KV_FULL, "KV pool exhausted: all %d pages of %d positions are in use",
-                                ctx->n_pages, ctx->kv.page_size);
-            lw_result r = ctx->backend->vt->kv_copy(ctx->backend->self, ctx->kv_pool, (size_t)page * ctx->kv.page_bytes,
-                                                    (size_t)slot->pages[first] * ctx->kv.page_bytes, ctx->kv.page_bytes);
+                                ctx->n_pages, kv->page_size);
+            lw_result r = ctx->backend->vt->kv_copy(ctx->backend->self, ctx->kv_pool, (size_t)page * kv->page_bytes,
+                                                    (size_t)slot->pages[first] * kv->page_bytes, kv->page_bytes);
             if (r) { lw__page_release(ctx, page); return r; }
             int32_t* log = ctx->cow + 3 * (*n_cow_out)++;
             log[0] = ctx->slot_of_local[s];
@@ -4779,12 +4865,12 @@ static lw_result lw__batch_prepare(lw_ctx* ctx, const lw_batch* batch, int* n_se
             ctx->page_refs[slot->pages[first]]--;   // still > 0: the other sequences keep it
             slot->pages[first] = page;
         }
-        int need = (next + ctx->kv.page_size - 1) / ctx->kv.page_size;
+        int need = (next + kv->page_size - 1) / kv->page_size;
         while (slot->n_pages < need) {
             int32_t page = lw__page_take(ctx);
             if (page < 0)
                 return lw__fail(lg, LW_KV_FULL, "KV pool exhausted: all %d pages of %d positions are in use",
-                                ctx->n_pages, ctx->kv.page_size);
+                                ctx->n_pages, kv->page_size);
             slot->pages[slot->n_pages++] = page;
             ctx->grown[(*n_grown_out)++] = ctx->slot_of_local[s];
         }
@@ -4799,8 +4885,9 @@ LWDEF lw_result lw_ctx_forward(lw_ctx* ctx, const lw_batch* batch) {
     lw_result r = lw__batch_prepare(ctx, batch, &n_seqs, &n_logits, &n_grown, &n_cow);
     lw__fwd fwd;
     if (r == LW_OK) {
-        fwd.w = &ctx->model->w;
-        fwd.kv = &ctx->kv;
+        const lw__ctx_model* cm = &ctx->models[batch->model];
+        fwd.w = &cm->model->w;
+        fwd.kv = &cm->kv;
         fwd.kv_pool = ctx->kv_pool;
         fwd.n_rows = batch->n_rows;
         fwd.rows = batch->rows;
@@ -4809,7 +4896,7 @@ LWDEF lw_result lw_ctx_forward(lw_ctx* ctx, const lw_batch* batch) {
         fwd.seqs = ctx->fwd_seqs;
         fwd.skip_layers = batch->skip_layers;
         fwd.logits = batch->logits;
-        r = ctx->backend->vt->forward(ctx->backend->self, ctx->prepared, &fwd);
+        r = ctx->backend->vt->forward(ctx->backend->self, cm->prepared, &fwd);
     }
     if (r != LW_OK) {   // nothing changes: give back the pages taken for this batch, newest first
         for (int i = n_grown - 1; i >= 0; i--) {
@@ -4827,7 +4914,7 @@ LWDEF lw_result lw_ctx_forward(lw_ctx* ctx, const lw_batch* batch) {
         for (int i = 0; i < batch->n_rows; i++)
             if (batch->rows[i].commits) ctx->seqs[ctx->slot_of_local[ctx->row_seq[i]]].length++;
         if (batch->stats) {
-            lw__forward_stats(ctx, &fwd, n_logits, batch->stats);
+            lw__forward_stats(&fwd, n_logits, batch->stats);
             batch->stats->seconds = lw__now() - t0;
         }
     }
