@@ -556,9 +556,28 @@ typedef enum lw_finish_reason {
     LW_FINISH_ERROR     = 4,
 } lw_finish_reason;
 
+// Decoding modes. The speculative ones are lossless: at temperature 0 they emit exactly the tokens of
+// greedy decoding, and with sampling they draw exactly from the target model's distribution; they only
+// change how many tokens one pass over the target's weights yields.
 typedef enum lw_decode_mode {
-    LW_MODE_AR = 0,            // autoregressive sampling
+    LW_MODE_AR        = 0,     // autoregressive sampling
+    LW_MODE_SPEC      = 1,     // speculative decoding with the engine's draft model (lw_engine_desc.draft_model)
+    LW_MODE_SELFSPEC  = 2,     // self-speculative: the draft is the model itself with some layers skipped
+    LW_MODE_LOOKUP    = 3,     // prompt lookup: the draft continues the latest earlier match of the last n-gram
+    LW_MODE_LOOKAHEAD = 4,     // lookahead decoding: Jacobi guesses, an n-gram pool, verification in one pass
 } lw_decode_mode;
+
+// Parameters of the speculative modes (zero: the defaults in brackets).
+typedef struct lw_spec_params {
+    int          draft_max;    // SPEC, SELFSPEC, LOOKUP: tokens drafted per round [4; LOOKUP 10]
+    bool         adaptive;     // SPEC, SELFSPEC: draft length follows the acceptance (+2 when all pass, -1 else), up to draft_max
+    const int*   skip_layers;  // SELFSPEC: the layers the draft skips (at least one)
+    int          n_skip_layers;
+    int          ngram_max;    // LOOKUP: longest n-gram matched [3]
+    int          window;       // LOOKAHEAD: W, the lookahead window [7]
+    int          ngram;        // LOOKAHEAD: N, the n-gram size [5]
+    int          guesses;      // LOOKAHEAD: G, n-grams verified per pass [7]
+} lw_spec_params;
 
 typedef enum lw_event_kind {
     LW_EVENT_TOKEN  = 1,       // a generated token
@@ -582,6 +601,7 @@ typedef struct lw_request_desc {
     const int32_t*       prompt_ids;    // or ids, used as given (no BOS)
     int                  n_prompt_ids;
     lw_decode_mode       mode;
+    lw_spec_params       spec;          // the speculative modes' parameters
     lw_sampler_desc      sampler;       // seed included: each request draws from its own generator
     int                  max_tokens;    // tokens after the prompt (0: until end of generation or context)
     const int32_t*       stop_ids;      // tokens that end generation (not included in the output)
@@ -616,7 +636,9 @@ typedef struct lw_request_info {
     double            e2e_ms;       // submission to finish
     int               preemptions;  // times it was preempted and recomputed
     int               shared_tokens;// prompt positions whose KV it took from another sequence
-    int               forwards;     // forward passes it had rows in
+    int               forwards;     // target forward passes it had rows in
+    int               drafted;      // speculative modes: tokens proposed
+    int               accepted;     // ... and accepted by the target
     bool              met_slo;      // finished, and within its TTFT and TPOT targets
 } lw_request_info;
 
@@ -625,6 +647,8 @@ typedef struct lw_step_stats {
     int               step;
     int               running, waiting;       // after the step
     int               decode_rows, prefill_rows;
+    int               draft_forwards;         // forward passes of draft models before the target's
+    lw_forward_stats  draft;                  // their bytes, FLOPs and time, summed
     int               tokens_emitted;
     int               preempted;              // sequences preempted to make room
     lw_forward_stats  forward;                // bytes, FLOPs, wall time of the pass
@@ -635,7 +659,8 @@ typedef struct lw_engine_stats {
     int64_t  submitted, finished, rejected, cancelled, preemptions;
     int      running, waiting;
     int64_t  prompt_tokens, generated_tokens, recomputed_tokens, shared_tokens;
-    int64_t  steps;
+    int64_t  drafted, accepted;  // speculative modes
+    int64_t  steps, draft_forwards;
     double   mean_rows_per_step;
     double   elapsed_s;          // first submission to the last finish (or now, while busy)
     double   throughput;         // generated tokens per second of elapsed time
@@ -650,6 +675,7 @@ typedef struct lw_engine_stats {
 } lw_engine_stats;
 
 typedef struct lw_engine_desc {
+    lw_model*    draft_model;    // for LW_MODE_SPEC: a small model with the same vocabulary (optional)
     int          n_ctx;          // longest sequence (0: the model's training context)
     int          max_running;    // sequences in flight at once (0: 64)
     int          max_queue;      // waiting requests (0: no limit); beyond it submit gives LW_QUEUE_FULL
@@ -4933,6 +4959,7 @@ struct lw_sampler {
     float*          logits;       // [n_vocab] working copy
     int32_t*        cand;         // [n_vocab] candidate ids
     float*          prob;         // [n_vocab] candidate probabilities
+    float*          full;         // [n_vocab] the distribution over every token
 };
 
 static uint64_t lw__splitmix64(uint64_t* x) {
@@ -4982,7 +5009,8 @@ LWDEF lw_result lw_sampler_create(lw_sampler** out, int n_vocab, const lw_sample
     s->logits = (float*)lw__alloc(NULL, (size_t)n_vocab * sizeof(float));
     s->cand = (int32_t*)lw__alloc(NULL, (size_t)n_vocab * sizeof(int32_t));
     s->prob = (float*)lw__alloc(NULL, (size_t)n_vocab * sizeof(float));
-    if (!s->logits || !s->cand || !s->prob) { lw_sampler_free(s); return lw__fail(NULL, LW_OUT_OF_MEMORY, "out of memory for the sampler"); }
+    s->full = (float*)lw__alloc(NULL, (size_t)n_vocab * sizeof(float));
+    if (!s->logits || !s->cand || !s->prob || !s->full) { lw_sampler_free(s); return lw__fail(NULL, LW_OUT_OF_MEMORY, "out of memory for the sampler"); }
     uint64_t x = d.seed;
     for (int i = 0; i < 4; i++) s->rng[i] = lw__splitmix64(&x);
     *out = s;
@@ -4994,6 +5022,7 @@ LWDEF void lw_sampler_free(lw_sampler* s) {
     lw__free(NULL, s->logits);
     lw__free(NULL, s->cand);
     lw__free(NULL, s->prob);
+    lw__free(NULL, s->full);
     lw__free(NULL, s);
 }
 
@@ -5020,12 +5049,12 @@ static void lw__sort_candidates(lw_sampler* s, int n, int k) {
     qsort(s->cand, (size_t)n, sizeof(int32_t), lw__cand_order);
 }
 
-LWDEF int32_t lw_sampler_sample(lw_sampler* s, const float* logits, const int32_t* history, int n_history) {
-    if (!s || !logits) return -1;
+// The repetition penalty on a copy of the logits (into s->logits), each distinct recent token once.
+static float* lw__sampler_penalised(lw_sampler* s, const float* logits, const int32_t* history, int n_history) {
     int nv = s->n_vocab;
     memcpy(s->logits, logits, (size_t)nv * sizeof(float));
     float* x = s->logits;
-    if (s->d.repeat_penalty != 1.0f && history && n_history > 0) {   // each distinct recent token once
+    if (s->d.repeat_penalty != 1.0f && history && n_history > 0) {
         int from = LW__MAX(0, n_history - s->d.repeat_last_n);
         for (int i = from; i < n_history; i++) {
             int32_t t = history[i];
@@ -5035,8 +5064,16 @@ LWDEF int32_t lw_sampler_sample(lw_sampler* s, const float* logits, const int32_
             if (!seen) x[t] = x[t] > 0.0f ? x[t] / s->d.repeat_penalty : x[t] * s->d.repeat_penalty;
         }
     }
-    if (s->d.temperature == 0.0f) return lw__argmax(x, nv);
+    return x;
+}
 
+// The distribution the chain samples from: probs[n_vocab], zero where a filter removed the token, summing
+// to 1 (temperature 0: all on the greedy token). Speculative decoding compares these for target and draft.
+static void lw__sampler_probs(lw_sampler* s, const float* logits, const int32_t* history, int n_history, float* probs) {
+    int nv = s->n_vocab;
+    float* x = lw__sampler_penalised(s, logits, history, n_history);
+    memset(probs, 0, (size_t)nv * sizeof(float));
+    if (s->d.temperature == 0.0f) { probs[lw__argmax(x, nv)] = 1.0f; return; }
     for (int i = 0; i < nv; i++) { x[i] /= s->d.temperature; s->cand[i] = i; }
     int n = nv;
     bool sorted = false;
@@ -5073,27 +5110,58 @@ LWDEF int32_t lw_sampler_sample(lw_sampler* s, const float* logits, const int32_
     }
     double total = 0.0;
     for (int i = 0; i < n; i++) total += s->prob[i];
-    double u = lw__rng_uniform(s->rng) * total, cum = 0.0;
-    for (int i = 0; i < n; i++) {
-        cum += s->prob[i];
-        if (u < cum) return s->cand[i];
+    for (int i = 0; i < n; i++) probs[s->cand[i]] = (float)(s->prob[i] / total);
+}
+
+// A uniform number in [0, 1) from the sampler's generator.
+static double lw__sampler_uniform(lw_sampler* s) { return lw__rng_uniform(s->rng); }
+
+// Draws a token from weights w[n_vocab] (any non-negative weights, not all zero), in id order.
+static int32_t lw__sampler_draw(lw_sampler* s, const float* w) {
+    double total = 0.0;
+    int last = 0;
+    for (int i = 0; i < s->n_vocab; i++)
+        if (w[i] > 0.0f) { total += w[i]; last = i; }
+    double u = lw__sampler_uniform(s) * total, cum = 0.0;
+    for (int i = 0; i < s->n_vocab; i++) {
+        if (w[i] <= 0.0f) continue;
+        cum += w[i];
+        if (u < cum) return i;
     }
-    return s->cand[n - 1];
+    return last;
+}
+
+LWDEF int32_t lw_sampler_sample(lw_sampler* s, const float* logits, const int32_t* history, int n_history) {
+    if (!s || !logits) return -1;
+    if (s->d.temperature == 0.0f) return lw__argmax(lw__sampler_penalised(s, logits, history, n_history), s->n_vocab);
+    lw__sampler_probs(s, logits, history, n_history, s->full);
+    return lw__sampler_draw(s, s->full);
 }
 
 // >>decode --------------------------------------------------------------------------------------------
-// A decode mode is a state machine over one sequence with two operations:
-//   plan:   write the rows this sequence wants in the next forward pass (at most `budget`);
-//   absorb: given the logits of its rows that wanted them, accept tokens (handing each to the owner),
-//           keep or drop KV entries, and say whether the sequence is done.
-// The engine drives many decoders in one batch. The autoregressive mode prefills the context in chunks
-// and then feeds back one sampled token per pass; after a preemption it simply prefills again.
+// A decode mode is a state machine over one request's sequence. Each engine step asks it, in order:
+//   reserve:      how many target rows it will run this step (within the budget) and how many KV
+//                 positions its sequences may grow by (so the engine can make room before anything runs);
+//   draft_plan / draft_absorb (optional): rows for one forward pass of its draft (another model of the
+//                 context, or the target with layers skipped) and what to do with their logits, repeated
+//                 until it has drafted enough; the engine batches draft rows of all requests per draft;
+//   plan:         its rows of the target's forward pass (and an explicit mask, if its rows need one);
+//   absorb:       given the logits of its rows that wanted them, accept tokens (handing each to the
+//                 owner), keep or drop KV entries, and say whether it is done.
+// Every mode prefills the context like the autoregressive one; they differ once decoding starts, where
+// the context's last token is the only one without cached K/V (n_fed = context - 1), except in
+// lookahead, which caches accepted tokens one pass late.
 
 typedef struct lw__decoder lw__decoder;
 
 typedef struct lw__mode_i {
     const char* name;
-    int       (*plan)(lw__decoder* d, lw_row* rows, int budget);
+    lw_result (*init)(lw__decoder* d, const lw_spec_params* p);                 // optional
+    void      (*release)(lw__decoder* d, bool state);   // optional: drop extra KV (and the state, when `state`)
+    int       (*reserve)(lw__decoder* d, int budget, int* kv_target, int* kv_draft);
+    int       (*draft_plan)(lw__decoder* d, lw_row* rows, int budget);          // optional; 0: done drafting
+    void      (*draft_absorb)(lw__decoder* d, const float* logits);
+    int       (*plan)(lw__decoder* d, lw_row* rows, int budget, const uint8_t** allow);
     lw_result (*absorb)(lw__decoder* d, const float* logits);
 } lw__mode_i;
 
@@ -5105,19 +5173,23 @@ struct lw__decoder {
     int32_t*          tokens;       // stb_ds array: prompt, then generated tokens (the context)
     int               n_prompt;
     int               n_fed;        // context tokens whose K/V is cached (or committed by the planned pass)
-    int               n_planned;    // rows in the current plan
+    int               n_planned;    // target rows in the current plan
     int               n_logit_rows; // of those, rows that want logits
     int               max_tokens;   // generated tokens allowed (> 0)
     const int32_t*    stop_ids;     // end generation like end-of-generation tokens
     int               n_stop_ids;
     bool              done;
     lw_finish_reason  finish;
+    int               drafted, accepted;   // speculative modes
+    void*             state;        // the mode's own state
     // the owner's sink for accepted tokens: LW_FINISH_NONE to go on, or the reason to stop
     lw_finish_reason (*emit)(lw__decoder* d, int32_t token, const float* logits, void* user);
     void*             emit_user;
 };
 
 static int lw__decoder_generated(const lw__decoder* d) { return (int)stbds_arrlen(d->tokens) - d->n_prompt; }
+static int lw__decoder_context(const lw__decoder* d) { return (int)stbds_arrlen(d->tokens); }
+static int lw__decoder_vocab(const lw__decoder* d) { return d->ctx->model->w.cfg.n_vocab; }
 
 static void lw__decoder_finish(lw__decoder* d, lw_finish_reason why) {
     d->done = true;
@@ -5133,17 +5205,35 @@ static bool lw__decoder_accept(lw__decoder* d, int32_t token, const float* logit
     stbds_arrput(d->tokens, token);
     lw_finish_reason why = d->emit ? d->emit(d, token, logits, d->emit_user) : LW_FINISH_NONE;
     if (why != LW_FINISH_NONE) { lw__decoder_finish(d, why); return false; }
-    if (lw__decoder_generated(d) >= d->max_tokens || (int)stbds_arrlen(d->tokens) >= d->ctx->n_ctx) {
+    if (lw__decoder_generated(d) >= d->max_tokens || lw__decoder_context(d) >= d->ctx->n_ctx) {
         lw__decoder_finish(d, LW_FINISH_LENGTH);
         return false;
     }
     return true;
 }
 
-// ---- autoregressive
+// Tokens that one verification pass may still emit: bounded by max_tokens and by the context.
+static int lw__decoder_room(const lw__decoder* d) {
+    return LW__MIN(d->max_tokens - lw__decoder_generated(d), d->ctx->n_ctx - lw__decoder_context(d));
+}
 
-static int lw__ar_plan(lw__decoder* d, lw_row* rows, int budget) {
-    int n_tokens = (int)stbds_arrlen(d->tokens);
+// Drops the cached K/V of context positions >= n (rejected drafts, scratch).
+static void lw__decoder_keep(lw__decoder* d, int n) {
+    d->n_fed = n;
+    lw_seq_truncate(d->ctx, d->seq, n);
+}
+
+// ---- autoregressive: prefill in chunks, then one row per pass
+
+static int lw__ar_reserve(lw__decoder* d, int budget, int* kv_target, int* kv_draft) {
+    int n = LW__MIN(budget, lw__decoder_context(d) - d->n_fed);
+    *kv_target = n;
+    *kv_draft = 0;
+    return n;
+}
+
+static int lw__ar_plan(lw__decoder* d, lw_row* rows, int budget, const uint8_t** allow) {
+    int n_tokens = lw__decoder_context(d);
     int n = LW__MIN(budget, n_tokens - d->n_fed);
     for (int i = 0; i < n; i++) {
         int pos = d->n_fed + i;
@@ -5155,18 +5245,518 @@ static int lw__ar_plan(lw__decoder* d, lw_row* rows, int budget) {
     }
     d->n_planned = n;
     d->n_logit_rows = n > 0 && d->n_fed + n == n_tokens;
+    *allow = NULL;
     return n;
 }
 
 static lw_result lw__ar_absorb(lw__decoder* d, const float* logits) {
     d->n_fed += d->n_planned;
-    if (d->n_fed < (int)stbds_arrlen(d->tokens)) return LW_OK;   // more context to prefill
-    int32_t tok = lw_sampler_sample(d->sampler, logits, d->tokens, (int)stbds_arrlen(d->tokens));
+    if (d->n_fed < lw__decoder_context(d)) return LW_OK;   // more context to prefill
+    int32_t tok = lw_sampler_sample(d->sampler, logits, d->tokens, lw__decoder_context(d));
     lw__decoder_accept(d, tok, logits);
     return LW_OK;
 }
 
-static const lw__mode_i lw__mode_ar = { "ar", lw__ar_plan, lw__ar_absorb };
+static const lw__mode_i lw__mode_ar = { "ar", NULL, NULL, lw__ar_reserve, NULL, NULL, lw__ar_plan, lw__ar_absorb };
+
+// ---- speculative verification, shared by the speculative modes
+//
+// The target's pass ran rows [last context token, x_1, ..., x_k]; row i's logits give p_{i+1}, the target
+// distribution of the token after x_i (x_0: the context's last token). With draft distributions q
+// (SPEC, SELFSPEC) each x_i is accepted with probability min(1, p_i(x_i) / q_i(x_i)); at the first
+// rejection a token is drawn from norm(max(0, p_i - q_i)) over the whole vocabulary and the round ends;
+// if all pass, a bonus token is drawn from p_{k+1} (Leviathan 2023, Chen 2023). With deterministic
+// proposals (LOOKUP, LOOKAHEAD: q is a point mass) this is: draw y_i from p_i, accept while y_i = x_i.
+// At temperature 0 the distributions are point masses on the argmax, so this is greedy verification.
+// Returns how many of the k proposals were accepted (tokens emitted: that, plus one unless it finished).
+
+static int lw__spec_wrong_residual;   // tests only: draw rejections from p instead of the residual
+
+// The context's last tokens followed by `extra` draft tokens, as the repetition penalty's history.
+static const int32_t* lw__spec_history(lw__decoder* d, const int32_t* extra, int n_extra, int32_t* buf, int cap, int* n) {
+    int n_ctx = lw__decoder_context(d), take = LW__MIN(n_ctx, cap - n_extra);
+    memcpy(buf, d->tokens + n_ctx - take, (size_t)take * sizeof(int32_t));
+    memcpy(buf + take, extra, (size_t)n_extra * sizeof(int32_t));
+    *n = take + n_extra;
+    return buf;
+}
+
+static int lw__spec_verify(lw__decoder* d, const int32_t* x, int k, const float* q, const float* logits) {
+    int nv = lw__decoder_vocab(d);
+    float* p = d->sampler->full;
+    int32_t hist[1024 + 64];
+    for (int i = 0; i <= k; i++) {
+        const float* row = logits + (size_t)i * nv;
+        int nh = 0;
+        const int32_t* h = lw__spec_history(d, NULL, 0, hist, 1024, &nh);
+        lw__sampler_probs(d->sampler, row, h, nh, p);
+        int32_t y;
+        if (i == k) {   // all passed: the bonus token
+            y = lw__sampler_draw(d->sampler, p);
+        } else if (q) {
+            const float* qi = q + (size_t)i * nv;
+            float px = p[x[i]], qx = qi[x[i]];
+            if (qx <= px || lw__sampler_uniform(d->sampler) * qx < px) {
+                d->accepted++;
+                if (!lw__decoder_accept(d, x[i], row)) return i + 1;
+                continue;
+            }
+            if (!lw__spec_wrong_residual)
+                for (int t = 0; t < nv; t++) p[t] = LW__MAX(0.0f, p[t] - qi[t]);
+            y = lw__sampler_draw(d->sampler, p);
+        } else {
+            y = lw__sampler_draw(d->sampler, p);
+            if (y == x[i]) {
+                d->accepted++;
+                if (!lw__decoder_accept(d, y, row)) return i + 1;
+                continue;
+            }
+        }
+        lw__decoder_accept(d, y, row);
+        return i;
+    }
+    return k;
+}
+
+// ---- SPEC and SELFSPEC: a draft proposes k tokens autoregressively, one target pass verifies them
+
+#define LW__SPEC_MAX 64
+
+typedef struct lw__spec {
+    int       model;             // the context model the draft passes run (SELFSPEC: 0, the target)
+    uint8_t*  skip;              // SELFSPEC: [n_layer] layers the draft skips
+    lw_seq    dseq;              // SPEC: the draft model's sequence; SELFSPEC: the target's own
+    int       gamma, gamma_max;  // draft length now, and its limit
+    bool      adaptive;
+    int       k;                 // draft tokens this round (0: a plain autoregressive step)
+    int       round;             // draft passes done this round
+    int       planned;           // rows of the current draft pass
+    int32_t   x[LW__SPEC_MAX];   // the drafted tokens
+    float*    q;                 // [gamma_max][n_vocab] their draft distributions
+} lw__spec;
+
+static bool lw__decoding(const lw__decoder* d) { return lw__decoder_context(d) - d->n_fed == 1; }
+
+static lw_result lw__spec_init(lw__decoder* d, const lw_spec_params* p) {
+    lw__spec* s = (lw__spec*)lw__calloc(NULL, 1, sizeof(lw__spec));
+    if (!s) return lw__fail(NULL, LW_OUT_OF_MEMORY, "out of memory for speculative decoding");
+    d->state = s;
+    s->gamma_max = p->draft_max ? p->draft_max : 4;
+    s->gamma = s->gamma_max;
+    s->adaptive = p->adaptive;
+    if (s->gamma_max < 1 || s->gamma_max > LW__SPEC_MAX)
+        return lw__fail(NULL, LW_INVALID_ARGS, "lw_spec_params.draft_max: %d is outside [1, %d]", s->gamma_max, LW__SPEC_MAX);
+    s->q = (float*)lw__alloc(NULL, (size_t)s->gamma_max * (size_t)lw__decoder_vocab(d) * sizeof(float));
+    if (!s->q) return lw__fail(NULL, LW_OUT_OF_MEMORY, "out of memory for draft distributions");
+    if (strcmp(d->mode->name, "selfspec") == 0) {   // the draft is the target with a skip set
+        int n_layer = d->ctx->model->w.cfg.n_layer;
+        if (p->n_skip_layers < 1 || !p->skip_layers)
+            return lw__fail(NULL, LW_INVALID_ARGS, "lw_spec_params.skip_layers: self-speculative decoding needs at least one layer to skip");
+        s->skip = (uint8_t*)lw__calloc(NULL, (size_t)n_layer, 1);
+        if (!s->skip) return lw__fail(NULL, LW_OUT_OF_MEMORY, "out of memory");
+        for (int i = 0; i < p->n_skip_layers; i++) {
+            if (p->skip_layers[i] < 0 || p->skip_layers[i] >= n_layer)
+                return lw__fail(NULL, LW_INVALID_ARGS, "lw_spec_params.skip_layers[%d]: layer %d is outside [0, %d)", i, p->skip_layers[i], n_layer);
+            s->skip[p->skip_layers[i]] = 1;
+        }
+    } else {
+        if (d->ctx->n_models < 2)
+            return lw__fail(NULL, LW_INVALID_ARGS, "LW_MODE_SPEC needs a draft model (lw_engine_desc.draft_model)");
+        s->model = 1;
+    }
+    return LW_OK;
+}
+
+static void lw__spec_release(lw__decoder* d, bool state) {
+    lw__spec* s = (lw__spec*)d->state;
+    if (!s) return;
+    if (s->skip == NULL && s->dseq.id) lw_seq_free(d->ctx, s->dseq);   // a draft model's sequence
+    s->dseq.id = 0;
+    if (!state) return;
+    lw__free(NULL, s->q);
+    lw__free(NULL, s->skip);
+    lw__free(NULL, s);
+    d->state = NULL;
+}
+
+static int lw__spec_reserve(lw__decoder* d, int budget, int* kv_target, int* kv_draft) {
+    lw__spec* s = (lw__spec*)d->state;
+    s->k = 0;
+    s->round = 0;
+    if (!lw__decoding(d)) return lw__ar_reserve(d, budget, kv_target, kv_draft);
+    int n = lw__decoder_context(d);
+    s->k = LW__MIN(LW__MIN(s->gamma, budget - 1), lw__decoder_room(d) - 1);   // x_1..x_k, positions n..n+k-1
+    s->k = LW__MAX(s->k, 0);
+    *kv_target = s->k + 1;
+    int dlen = 0;
+    if (s->skip == NULL && s->dseq.id) lw_seq_length(d->ctx, s->dseq, &dlen);
+    *kv_draft = s->skip || s->k == 0 ? 0 : LW__MAX(0, n - 1 + s->k - dlen);
+    return s->k + 1;
+}
+
+// Draft pass `round`: round 0 brings the draft up to the context (a draft model catches up on what it
+// has not seen) and feeds the last context token; round r > 0 feeds x_r. Each gives q_{r+1}.
+static int lw__spec_draft_plan(lw__decoder* d, lw_row* rows, int budget) {
+    lw__spec* s = (lw__spec*)d->state;
+    if (s->round >= s->k) return 0;
+    int n = lw__decoder_context(d), from;
+    if (s->skip) s->dseq = d->seq;
+    else if (!s->dseq.id && lw_seq_create_for(d->ctx, s->model, &s->dseq) != LW_OK) { s->k = 0; return 0; }
+    if (s->round == 0) {
+        int dlen = 0;
+        lw_seq_length(d->ctx, s->dseq, &dlen);
+        from = s->skip ? n - 1 : LW__MIN(dlen, n - 1);
+    } else {
+        from = n - 1 + s->round;
+    }
+    int count = n - 1 + s->round + 1 - from;   // rows from `from` through position n - 1 + round
+    if (count > budget) { s->k = s->round; return 0; }   // no room this step: verify what exists
+    for (int i = 0; i < count; i++) {
+        int pos = from + i;
+        rows[i].token = pos < n ? d->tokens[pos] : s->x[pos - n];
+        rows[i].position = pos;
+        rows[i].seq = s->dseq;
+        rows[i].commits = 1;
+        rows[i].wants_logits = i == count - 1;
+    }
+    s->planned = count;
+    return count;
+}
+
+static void lw__spec_draft_absorb(lw__decoder* d, const float* logits) {
+    lw__spec* s = (lw__spec*)d->state;
+    int nv = lw__decoder_vocab(d);
+    float* q = s->q + (size_t)s->round * nv;
+    int32_t hist[1024 + LW__SPEC_MAX];
+    int nh = 0;
+    const int32_t* h = lw__spec_history(d, s->x, s->round, hist, 1024 + LW__SPEC_MAX, &nh);
+    lw__sampler_probs(d->sampler, logits, h, nh, q);
+    s->x[s->round] = lw__sampler_draw(d->sampler, q);
+    s->round++;
+}
+
+static int lw__spec_plan(lw__decoder* d, lw_row* rows, int budget, const uint8_t** allow) {
+    lw__spec* s = (lw__spec*)d->state;
+    if (!lw__decoding(d)) return lw__ar_plan(d, rows, budget, allow);
+    int n = lw__decoder_context(d);
+    s->k = LW__MIN(s->k, s->round);   // what was actually drafted
+    if (s->skip && s->round > 0) lw_seq_truncate(d->ctx, d->seq, n - 1);   // the draft's own entries go
+    int count = LW__MIN(s->k + 1, budget);
+    for (int i = 0; i < count; i++) {
+        rows[i].token = i == 0 ? d->tokens[n - 1] : s->x[i - 1];
+        rows[i].position = n - 1 + i;
+        rows[i].seq = d->seq;
+        rows[i].commits = 1;
+        rows[i].wants_logits = 1;
+    }
+    s->k = count - 1;
+    d->n_planned = d->n_logit_rows = count;
+    *allow = NULL;
+    return count;
+}
+
+static lw_result lw__spec_absorb(lw__decoder* d, const float* logits) {
+    lw__spec* s = (lw__spec*)d->state;
+    if (s->k == 0) return lw__ar_absorb(d, logits);   // prefilling, or no room to draft
+    int n = lw__decoder_context(d);
+    d->drafted += s->k;
+    int a = lw__spec_verify(d, s->x, s->k, s->q, logits);
+    lw__decoder_keep(d, n + a);   // K/V of the last context token and the accepted drafts stay
+    if (!s->skip) {               // the draft holds x_1..x_{k-1}; keep what was accepted
+        int dlen = 0;
+        lw_seq_length(d->ctx, s->dseq, &dlen);
+        lw_seq_truncate(d->ctx, s->dseq, LW__MIN(dlen, n + a));
+    }
+    if (s->adaptive) s->gamma = a == s->k ? LW__MIN(s->gamma + 2, s->gamma_max) : LW__MAX(1, s->gamma - 1);
+    return LW_OK;
+}
+
+static const lw__mode_i lw__mode_spec = { "spec", lw__spec_init, lw__spec_release, lw__spec_reserve, lw__spec_draft_plan,
+                                          lw__spec_draft_absorb, lw__spec_plan, lw__spec_absorb };
+static const lw__mode_i lw__mode_selfspec = { "selfspec", lw__spec_init, lw__spec_release, lw__spec_reserve, lw__spec_draft_plan,
+                                              lw__spec_draft_absorb, lw__spec_plan, lw__spec_absorb };
+
+// ---- LOOKUP: the draft is what followed the latest earlier occurrence of the context's last n-gram
+
+typedef struct lw__lookup {
+    int       ngram_max, draft_max;
+    int       k;
+    int32_t   x[LW__SPEC_MAX];
+} lw__lookup;
+
+static lw_result lw__lookup_init(lw__decoder* d, const lw_spec_params* p) {
+    lw__lookup* s = (lw__lookup*)lw__calloc(NULL, 1, sizeof(lw__lookup));
+    if (!s) return lw__fail(NULL, LW_OUT_OF_MEMORY, "out of memory for prompt lookup");
+    d->state = s;
+    s->ngram_max = p->ngram_max ? p->ngram_max : 3;
+    s->draft_max = p->draft_max ? p->draft_max : 10;
+    if (s->ngram_max < 1 || s->ngram_max > 64) return lw__fail(NULL, LW_INVALID_ARGS, "lw_spec_params.ngram_max: %d is outside [1, 64]", s->ngram_max);
+    if (s->draft_max < 1 || s->draft_max > LW__SPEC_MAX)
+        return lw__fail(NULL, LW_INVALID_ARGS, "lw_spec_params.draft_max: %d is outside [1, %d]", s->draft_max, LW__SPEC_MAX);
+    return LW_OK;
+}
+
+static void lw__lookup_release(lw__decoder* d, bool state) {
+    if (state) { lw__free(NULL, d->state); d->state = NULL; }
+}
+
+// n from ngram_max down to 1: the latest start j < n_ctx - n with tokens[j, j+n) equal to the last n
+// tokens; the draft is what followed it. Returns the draft length (0: no match).
+static int lw__lookup_match(const lw__decoder* d, const lw__lookup* s, int32_t* x, int max) {
+    const int32_t* t = d->tokens;
+    int n_ctx = lw__decoder_context(d);
+    for (int n = LW__MIN(s->ngram_max, n_ctx - 1); n >= 1; n--) {
+        const int32_t* tail = t + n_ctx - n;
+        for (int j = n_ctx - n - 1; j >= 0; j--) {
+            if (memcmp(t + j, tail, (size_t)n * sizeof(int32_t)) != 0) continue;
+            int k = LW__MIN(max, n_ctx - (j + n));
+            memcpy(x, t + j + n, (size_t)k * sizeof(int32_t));
+            return k;
+        }
+    }
+    return 0;
+}
+
+static int lw__lookup_reserve(lw__decoder* d, int budget, int* kv_target, int* kv_draft) {
+    lw__lookup* s = (lw__lookup*)d->state;
+    s->k = 0;
+    if (!lw__decoding(d)) return lw__ar_reserve(d, budget, kv_target, kv_draft);
+    int max = LW__MIN(LW__MIN(s->draft_max, budget - 1), lw__decoder_room(d) - 1);
+    s->k = max > 0 ? lw__lookup_match(d, s, s->x, max) : 0;
+    *kv_target = s->k + 1;
+    *kv_draft = 0;
+    return s->k + 1;
+}
+
+static int lw__lookup_plan(lw__decoder* d, lw_row* rows, int budget, const uint8_t** allow) {
+    lw__lookup* s = (lw__lookup*)d->state;
+    if (!lw__decoding(d)) return lw__ar_plan(d, rows, budget, allow);
+    int n = lw__decoder_context(d), count = LW__MIN(s->k + 1, budget);
+    for (int i = 0; i < count; i++) {
+        rows[i].token = i == 0 ? d->tokens[n - 1] : s->x[i - 1];
+        rows[i].position = n - 1 + i;
+        rows[i].seq = d->seq;
+        rows[i].commits = 1;
+        rows[i].wants_logits = 1;
+    }
+    s->k = count - 1;
+    d->n_planned = d->n_logit_rows = count;
+    *allow = NULL;
+    return count;
+}
+
+static lw_result lw__lookup_absorb(lw__decoder* d, const float* logits) {
+    lw__lookup* s = (lw__lookup*)d->state;
+    if (s->k == 0) return lw__ar_absorb(d, logits);
+    int n = lw__decoder_context(d);
+    d->drafted += s->k;
+    int a = lw__spec_verify(d, s->x, s->k, NULL, logits);
+    lw__decoder_keep(d, n + a);
+    return LW_OK;
+}
+
+static const lw__mode_i lw__mode_lookup = { "lookup", lw__lookup_init, lw__lookup_release, lw__lookup_reserve, NULL, NULL,
+                                            lw__lookup_plan, lw__lookup_absorb };
+
+// ---- LOOKAHEAD (Fu 2024): Jacobi iteration on a window of guesses, harvesting n-grams
+//
+// The lookahead branch holds N-1 levels of W guesses; level l, column i stands at position p + l + i,
+// where p is the position of the context's last token (column 0 of level 0 IS that token). One pass
+// runs, under one explicit mask:
+//   C  the accepted tokens not yet cached (committing, causal; the last is the context's last token),
+//   V  up to G pooled n-grams that start with the last token, N-1 guesses each at positions p+1..,
+//      every row seeing C and its own n-gram's earlier rows (verification branch),
+//   L  level 0 columns 1..W-1 (each seeing C and level 0 up to its column) and levels 1..N-2 (level l
+//      column i sees C, level 0 columns 1..i and levels 1..l of column i: a chain of consecutive positions).
+// Then: the last token's logits give the next token; while a verified n-gram agrees with what was drawn,
+// its rows give the following ones (accept the longest verified prefix). The levels shift up by one;
+// when nothing was verified the new top level is the argmax at each column of the old top level, and
+// every column's chain (old level 0 .. new top) is an N-gram added to the pool under its first token.
+// Accepted tokens past the first were scratch rows; they are cached by the next pass (as C).
+
+typedef struct lw__ngrams { int count, head; int32_t tokens[1]; } lw__ngrams;   // tokens: [G][N-1], a ring
+
+typedef struct lw__lookahead {
+    int         W, N, G;
+    int32_t*    level;           // [N-1][W] guesses
+    lw__ngrams** pool;           // [n_vocab] by first token: up to G n-grams (NULL: none yet)
+    int         n_cand;          // n-grams verified this pass
+    int32_t*    cand;            // [G][N-1]
+    uint8_t*    allow;           // the pass's mask, [rows][rows]
+    int         c_rows;          // rows of C in the plan
+    bool        plain;           // this pass is a plain autoregressive one (no room for the window)
+} lw__lookahead;
+
+static lw_result lw__lookahead_init(lw__decoder* d, const lw_spec_params* p) {
+    lw__lookahead* s = (lw__lookahead*)lw__calloc(NULL, 1, sizeof(lw__lookahead));
+    if (!s) return lw__fail(NULL, LW_OUT_OF_MEMORY, "out of memory for lookahead decoding");
+    d->state = s;
+    s->W = p->window ? p->window : 7;
+    s->N = p->ngram ? p->ngram : 5;
+    s->G = p->guesses ? p->guesses : 7;
+    if (s->W < 1 || s->W > 64 || s->N < 2 || s->N > 16 || s->G < 0 || s->G > 64)
+        return lw__fail(NULL, LW_INVALID_ARGS, "lw_spec_params: lookahead window %d, n-gram %d, guesses %d (1-64, 2-16, 0-64)", s->W, s->N, s->G);
+    int rows = 64 + s->G * (s->N - 1) + s->W * (s->N - 1);
+    s->level = (int32_t*)lw__calloc(NULL, (size_t)(s->N - 1) * s->W, sizeof(int32_t));
+    s->cand = (int32_t*)lw__calloc(NULL, (size_t)LW__MAX(1, s->G) * (s->N - 1), sizeof(int32_t));
+    s->allow = (uint8_t*)lw__calloc(NULL, (size_t)rows * rows, 1);
+    s->pool = (lw__ngrams**)lw__calloc(NULL, (size_t)lw__decoder_vocab(d), sizeof(lw__ngrams*));
+    if (!s->level || !s->cand || !s->allow || !s->pool) return lw__fail(NULL, LW_OUT_OF_MEMORY, "out of memory for lookahead decoding");
+    for (int l = 0; l < s->N - 1; l++)   // first guesses: tokens of the prompt
+        for (int i = 0; i < s->W; i++) s->level[l * s->W + i] = d->tokens[(i + l) % d->n_prompt];
+    return LW_OK;
+}
+
+static void lw__lookahead_release(lw__decoder* d, bool state) {
+    lw__lookahead* s = (lw__lookahead*)d->state;
+    if (!s || !state) return;
+    for (int i = 0; s->pool && i < lw__decoder_vocab(d); i++) lw__free(NULL, s->pool[i]);
+    lw__free(NULL, s->pool);
+    lw__free(NULL, s->level);
+    lw__free(NULL, s->cand);
+    lw__free(NULL, s->allow);
+    lw__free(NULL, s);
+    d->state = NULL;
+}
+
+static int lw__lookahead_rows(const lw__lookahead* s, int c, int g) { return c + g * (s->N - 1) + (s->W - 1) + (s->N - 2) * s->W; }
+
+static int lw__lookahead_reserve(lw__decoder* d, int budget, int* kv_target, int* kv_draft) {
+    lw__lookahead* s = (lw__lookahead*)d->state;
+    int n = lw__decoder_context(d), c = n - d->n_fed;
+    *kv_draft = 0;
+    s->plain = d->n_fed < d->n_prompt - 1 || d->n_fed == 0 || c > 64;   // still prefilling: plain passes
+    if (!s->plain) {
+        const lw__ngrams* pool = s->pool[d->tokens[n - 1]];
+        s->n_cand = pool ? pool->count : 0;
+        int room = LW__MIN(lw__decoder_room(d), d->ctx->n_ctx - n);
+        if (s->N - 2 + s->W > room || lw__lookahead_rows(s, c, s->n_cand) > budget) s->plain = true;
+    }
+    if (s->plain) return lw__ar_reserve(d, budget, kv_target, kv_draft);
+    *kv_target = c;
+    return lw__lookahead_rows(s, c, s->n_cand);
+}
+
+static int lw__lookahead_plan(lw__decoder* d, lw_row* rows, int budget, const uint8_t** allow) {
+    lw__lookahead* s = (lw__lookahead*)d->state;
+    if (s->plain) return lw__ar_plan(d, rows, budget, allow);
+    int n = lw__decoder_context(d), c = n - d->n_fed, W = s->W, N = s->N, G = s->n_cand;
+    int total = lw__lookahead_rows(s, c, G);
+    if (total > budget) { s->plain = true; return lw__ar_plan(d, rows, budget, allow); }
+    int p = n - 1;   // the last token's position
+    int m = 0;
+#define LW__ROW(tok, pos, logits, commit) \
+    (rows[m].token = (tok), rows[m].position = (pos), rows[m].seq = d->seq, rows[m].wants_logits = (uint8_t)(logits), \
+     rows[m].commits = (uint8_t)(commit), m++)
+    for (int i = 0; i < c; i++) LW__ROW(d->tokens[d->n_fed + i], d->n_fed + i, i == c - 1, 1);
+    const lw__ngrams* pool = s->pool[d->tokens[n - 1]];
+    for (int g = 0; g < G; g++) {   // the verification branch: n-gram g, guesses at p+1 .. p+N-1
+        memcpy(s->cand + g * (N - 1), pool->tokens + g * (N - 1), (size_t)(N - 1) * sizeof(int32_t));
+        for (int k = 0; k < N - 1; k++) LW__ROW(s->cand[g * (N - 1) + k], p + 1 + k, 1, 0);
+    }
+    for (int i = 1; i < W; i++) LW__ROW(s->level[i], p + i, 0, 0);                 // level 0, columns 1..W-1
+    for (int l = 1; l < N - 1; l++)
+        for (int i = 0; i < W; i++) LW__ROW(s->level[l * W + i], p + l + i, l == N - 2, 0);   // levels 1..N-2
+#undef LW__ROW
+    // the mask over these rows, in this order
+    uint8_t* a = s->allow;
+    memset(a, 0, (size_t)total * total);
+    int v0 = c, l0 = c + G * (N - 1), l1 = l0 + (W - 1);
+    for (int r = 0; r < total; r++)
+        for (int j = 0; j < c; j++) a[r * total + j] = r >= c || j <= r;   // C: causal, seen by all
+    for (int g = 0; g < G; g++)
+        for (int k = 0; k < N - 1; k++)
+            for (int k2 = 0; k2 <= k; k2++) a[(v0 + g * (N - 1) + k) * total + v0 + g * (N - 1) + k2] = 1;
+    for (int i = 1; i < W; i++)
+        for (int i2 = 1; i2 <= i; i2++) a[(l0 + i - 1) * total + l0 + i2 - 1] = 1;
+    for (int l = 1; l < N - 1; l++)
+        for (int i = 0; i < W; i++) {
+            int r = l1 + (l - 1) * W + i;
+            for (int i2 = 1; i2 <= i; i2++) a[r * total + l0 + i2 - 1] = 1;
+            for (int l2 = 1; l2 <= l; l2++) a[r * total + l1 + (l2 - 1) * W + i] = 1;
+        }
+    d->n_planned = total;
+    d->n_logit_rows = 1 + G * (N - 1) + W;
+    *allow = a;
+    return total;
+}
+
+static void lw__lookahead_harvest(lw__lookahead* s, const int32_t* first, int G_max) {
+    int W = s->W, N = s->N;
+    for (int f = 0; f < W; f++) {
+        int32_t ngram[16];
+        for (int l = 0; l < N - 1; l++) ngram[l] = s->level[l * W + f];
+        if (!s->pool[first[f]]) {
+            s->pool[first[f]] = (lw__ngrams*)lw__calloc(NULL, 1, sizeof(lw__ngrams) + (size_t)LW__MAX(1, G_max) * (N - 1) * sizeof(int32_t));
+            if (!s->pool[first[f]]) return;
+        }
+        lw__ngrams* e = s->pool[first[f]];
+        bool seen = false;
+        for (int g = 0; g < e->count && !seen; g++) seen = memcmp(e->tokens + g * (N - 1), ngram, (size_t)(N - 1) * sizeof(int32_t)) == 0;
+        if (seen || G_max == 0) continue;
+        memcpy(e->tokens + e->head * (N - 1), ngram, (size_t)(N - 1) * sizeof(int32_t));
+        e->count = LW__MIN(G_max, e->count + 1);
+        e->head = (e->head + 1) % G_max;
+    }
+}
+
+static lw_result lw__lookahead_absorb(lw__decoder* d, const float* logits) {
+    lw__lookahead* s = (lw__lookahead*)d->state;
+    if (s->plain) return lw__ar_absorb(d, logits);
+    int n = lw__decoder_context(d), W = s->W, N = s->N, G = s->n_cand, nv = lw__decoder_vocab(d);
+    d->n_fed = n;   // C is cached now
+    // logits rows: the last token, then the n-grams' N-1 rows each, then the top level's W rows
+    const float* top = logits + (size_t)(1 + G * (N - 1)) * nv;
+    int32_t first[64];
+    for (int i = 0; i < W; i++) first[i] = s->level[i];
+    // the longest verified prefix: the last token's logits, then an agreeing n-gram's rows
+    bool alive[64];
+    for (int g = 0; g < G; g++) alive[g] = true;
+    const float* row = logits;
+    int emitted = 0;
+    for (int v = 0; v < N; v++) {
+        float* p = d->sampler->full;
+        int32_t hist[1024];
+        int nh = 0;
+        const int32_t* h = lw__spec_history(d, NULL, 0, hist, 1024, &nh);
+        lw__sampler_probs(d->sampler, row, h, nh, p);
+        int32_t y = lw__sampler_draw(d->sampler, p);
+        emitted++;
+        if (v > 0) d->accepted++;
+        if (!lw__decoder_accept(d, y, row)) break;
+        int next = -1;
+        for (int g = 0; g < G; g++) {
+            if (!alive[g]) continue;
+            alive[g] = v < N - 1 && s->cand[g * (N - 1) + v] == y;
+            if (alive[g] && next < 0) next = g;
+        }
+        if (next < 0) break;
+        row = logits + (size_t)(1 + next * (N - 1) + v) * nv;   // the row after the agreeing guess
+    }
+    d->drafted += G > 0 ? N - 1 : 0;
+    // shift the levels; the new top level: argmax of the old top level's rows, or (tokens accepted) old level 0
+    int32_t old0[64];
+    memcpy(old0, s->level, (size_t)W * sizeof(int32_t));
+    memmove(s->level, s->level + W, (size_t)(N - 2) * W * sizeof(int32_t));
+    for (int i = 0; i < W; i++)
+        s->level[(N - 2) * W + i] = emitted == 1 ? lw__argmax(top + (size_t)i * nv, nv) : old0[i];
+    if (emitted == 1) lw__lookahead_harvest(s, first, s->G);
+    return LW_OK;
+}
+
+static const lw__mode_i lw__mode_lookahead = { "lookahead", lw__lookahead_init, lw__lookahead_release, lw__lookahead_reserve, NULL,
+                                               NULL, lw__lookahead_plan, lw__lookahead_absorb };
+
+static const lw__mode_i* lw__mode_of(lw_decode_mode m) {
+    switch (m) {
+    case LW_MODE_AR: return &lw__mode_ar;
+    case LW_MODE_SPEC: return &lw__mode_spec;
+    case LW_MODE_SELFSPEC: return &lw__mode_selfspec;
+    case LW_MODE_LOOKUP: return &lw__mode_lookup;
+    case LW_MODE_LOOKAHEAD: return &lw__mode_lookahead;
+    }
+    return NULL;
+}
 
 // >>engine --------------------------------------------------------------------------------------------
 // Requests live in slots (handle = generation << 16 | slot + 1). A request is WAITING in the FIFO
@@ -5198,7 +5788,14 @@ typedef struct lw__req {
     lw_result         error;
 } lw__req;
 
-typedef struct lw__planned { int slot, row0, n_rows, n_logits; } lw__planned;
+typedef struct lw__planned {
+    int             slot;
+    int             row0, n_rows, n_logits;   // its rows of the target pass
+    int             reserved;                 // rows it reserved
+    int             kv_target, kv_draft;      // KV positions its sequences may add
+    const uint8_t*  allow;                    // its explicit mask, or NULL
+    int             draft_row0, draft_rows;   // its rows of the current draft pass
+} lw__planned;
 
 struct lw_engine {
     lw_allocator    allocator;
@@ -5212,6 +5809,8 @@ struct lw_engine {
     int*            running;         // stb_ds array of running slots, in admission order
     lw__planned*    plan;            // stb_ds array: this step's planned requests
     lw_row*         rows;            // [token_budget]
+    lw_row*         draft_rows;      // [token_budget]
+    lw_seq_mask*    masks;           // stb_ds array: explicit masks of this step's target pass
     float*          logits;          // [logit_cap][n_vocab]
     int             logit_cap;
     int64_t         admissions;
@@ -5243,11 +5842,13 @@ static void lw__int_remove(int* arr, int value) {   // remove one occurrence fro
 }
 
 static void lw__req_release_kv(lw_engine* e, lw__req* q) {
+    if (q->dec.mode && q->dec.mode->release) q->dec.mode->release(&q->dec, false);
     if (q->dec.seq.id) lw_seq_free(e->ctx, q->dec.seq);
     q->dec.seq.id = 0;
 }
 
 static void lw__req_clear(lw__req* q) {
+    if (q->dec.mode && q->dec.mode->release) q->dec.mode->release(&q->dec, true);
     lw_sampler_free(q->dec.sampler);
     stbds_arrfree(q->dec.tokens);
     stbds_arrfree(q->text);
@@ -5351,10 +5952,17 @@ static lw_result lw__engine_open(lw_engine* e, lw_ctx* ctx, bool owns_ctx, const
     e->owns_ctx = owns_ctx;
     e->model = ctx->model;
     e->desc.n_ctx = ctx->n_ctx;
-    e->desc.max_running = LW__MIN(desc->max_running ? desc->max_running : 64, ctx->max_seqs);
+    e->desc.max_running = LW__MIN(desc->max_running ? desc->max_running : 64, ctx->max_seqs / (desc->draft_model ? 2 : 1));
     e->desc.token_budget = LW__MIN(desc->token_budget ? desc->token_budget : 512, ctx->max_rows);
     e->rows = (lw_row*)lw__calloc(&e->allocator, (size_t)e->desc.token_budget, sizeof(lw_row));
-    if (!e->rows) return lw__fail(&e->logger, LW_OUT_OF_MEMORY, "engine: out of memory");
+    e->draft_rows = (lw_row*)lw__calloc(&e->allocator, (size_t)e->desc.token_budget, sizeof(lw_row));
+    if (!e->rows || !e->draft_rows) return lw__fail(&e->logger, LW_OUT_OF_MEMORY, "engine: out of memory");
+    if (desc->draft_model) {
+        int index = 0;
+        lw_result r = lw_ctx_add_model(ctx, desc->draft_model, &index);
+        if (r) return r;
+        if (index != 1) return lw__fail(&e->logger, LW_INVALID_ARGS, "engine: the draft model must be the context's second model");
+    }
     e->st.kv_pages = ctx->n_pages;
     return LW_OK;
 }
@@ -5373,7 +5981,7 @@ LWDEF lw_result lw_engine_create(lw_engine** out, lw_model* model, lw_backend* b
     lw_ctx_desc cd;
     memset(&cd, 0, sizeof cd);
     cd.n_ctx = d.n_ctx;
-    cd.max_seqs = d.max_running ? d.max_running : 64;
+    cd.max_seqs = (d.max_running ? d.max_running : 64) * (d.draft_model ? 2 : 1);   // a draft sequence each
     cd.max_rows = d.token_budget ? d.token_budget : 512;
     cd.kv_page_size = d.kv_page_size;
     cd.kv_bytes = d.kv_bytes;
@@ -5402,8 +6010,10 @@ LWDEF void lw_engine_free(lw_engine* e) {
     stbds_arrfree(e->queue);
     stbds_arrfree(e->running);
     stbds_arrfree(e->plan);
+    stbds_arrfree(e->masks);
     lw_allocator a = e->allocator;
     lw__free(&a, e->rows);
+    lw__free(&a, e->draft_rows);
     lw__free(&a, e->logits);
     if (e->owns_ctx) lw_ctx_free(e->ctx);
     lw__free(&a, e);
@@ -5422,7 +6032,8 @@ LWDEF lw_result lw_engine_submit(lw_engine* e, const lw_request_desc* d, lw_requ
     const lw_model* m = e->model;
     int n_vocab = m->w.cfg.n_vocab;
     lw_result r = LW_OK;
-    if (d->mode != LW_MODE_AR) r = lw__fail(lg, LW_INVALID_ARGS, "lw_request_desc.mode: %d is not a decoding mode of this build", (int)d->mode);
+    const lw__mode_i* mode = lw__mode_of(d->mode);
+    if (!mode) r = lw__fail(lg, LW_INVALID_ARGS, "lw_request_desc.mode: %d is not a decoding mode", (int)d->mode);
     else if (!d->prompt && !d->prompt_ids) r = lw__fail(lg, LW_INVALID_ARGS, "lw_request_desc: prompt or prompt_ids is required");
     else if (d->prompt_ids && d->n_prompt_ids < 1) r = lw__fail(lg, LW_INVALID_ARGS, "lw_request_desc.n_prompt_ids: %d (at least one id)", d->n_prompt_ids);
     else if (d->max_tokens < 0) r = lw__fail(lg, LW_INVALID_ARGS, "lw_request_desc.max_tokens: %d must be >= 0", d->max_tokens);
@@ -5488,13 +6099,22 @@ LWDEF lw_result lw_engine_submit(lw_engine* e, const lw_request_desc* d, lw_requ
     p->desc.prompt_ids = NULL;
     p->desc.stop_ids = p->stop_ids;
     p->desc.stop_strings = (const char* const*)p->stop_strings;
-    p->dec.mode = &lw__mode_ar;
+    p->dec.mode = mode;
     p->dec.ctx = e->ctx;
     p->dec.n_prompt = n_prompt;
     p->dec.max_tokens = d->max_tokens ? d->max_tokens : e->ctx->n_ctx;
     p->dec.stop_ids = p->stop_ids;
     p->dec.n_stop_ids = d->n_stop_ids;
     p->dec.emit = lw__engine_emit;
+    if (mode->init && (r = mode->init(&p->dec, &d->spec)) != LW_OK) {   // the mode's parameters
+        char detail[sizeof lw__error_text];
+        memcpy(detail, lw__error_text, sizeof detail);
+        lw__fail(lg, r, "%s", detail);   // (through the engine's logger)
+        lw__req_clear(p);
+        e->st.rejected++;
+        out->id = 0;
+        return r;
+    }
     p->t_submit = lw__engine_now(e);
     if (e->st.submitted == 0) e->t_first_submit = p->t_submit;
     stbds_arrput(e->queue, slot);
@@ -5550,6 +6170,8 @@ LWDEF lw_result lw_request_get(lw_engine* e, lw_request request, lw_request_info
     out->preemptions = q->preemptions;
     out->shared_tokens = q->shared_tokens;
     out->forwards = q->forwards;
+    out->drafted = q->dec.drafted;
+    out->accepted = q->dec.accepted;
     out->met_slo = q->state == LW_REQUEST_FINISHED && q->finish != LW_FINISH_ERROR && q->finish != LW_FINISH_CANCELLED &&
                    (q->desc.ttft_target_ms <= 0.0 || (n_gen > 0 && out->ttft_ms <= q->desc.ttft_target_ms)) &&
                    (q->desc.tpot_target_ms <= 0.0 || out->tpot_ms <= q->desc.tpot_target_ms);
@@ -5617,34 +6239,115 @@ static void lw__engine_preempt(lw_engine* e, int slot) {
     e->last.preempted++;
 }
 
-// KV pages the planned rows still need: new pages past each sequence's end, plus a copy of a shared page
-// the first committing row writes into.
+// KV pages a sequence needs to grow by `add` positions: new pages past its end, plus a copy of a shared
+// page its first new position lands in. A sequence that does not exist yet (seq 0) needs `add` of `kv`.
+static int64_t lw__seq_pages_needed(const lw_ctx* ctx, lw_seq seq, const lw__kv_layout* kv, int add) {
+    if (add <= 0) return 0;
+    const lw__seq_slot* s = lw__seq_get(ctx, seq);
+    if (!s) return (add + kv->page_size - 1) / kv->page_size;
+    int ps = lw__seq_kv(ctx, s)->page_size, first = s->length / ps;
+    int64_t need = LW__MAX(0, (s->length + add + ps - 1) / ps - s->n_pages);
+    if (first < s->n_pages && ctx->page_refs[s->pages[first]] > 1) need++;
+    return need;
+}
+
+// KV pages this step's plan may take.
 static int64_t lw__plan_pages_needed(const lw_engine* e) {
-    const lw_ctx* ctx = e->ctx;
     int64_t need = 0;
     for (int i = 0; i < (int)stbds_arrlen(e->plan); i++) {
         const lw__planned* p = &e->plan[i];
-        const lw__req* q = &e->reqs[p->slot];
-        const lw__seq_slot* s = lw__seq_get(ctx, q->dec.seq);
-        int commits = 0;
-        for (int k = 0; k < p->n_rows; k++) commits += e->rows[p->row0 + k].commits != 0;
-        if (!s || !commits) continue;
-        need += LW__MAX(0, (s->length + commits + ctx->kv.page_size - 1) / ctx->kv.page_size - s->n_pages);
-        int first = s->length / ctx->kv.page_size;
-        if (first < s->n_pages && ctx->page_refs[s->pages[first]] > 1) need++;
+        const lw__decoder* d = &e->reqs[p->slot].dec;
+        need += lw__seq_pages_needed(e->ctx, d->seq, &e->ctx->models[0].kv, p->kv_target);
+        if (p->kv_draft > 0 && d->mode == &lw__mode_spec) {
+            const lw__spec* sp = (const lw__spec*)d->state;
+            need += lw__seq_pages_needed(e->ctx, sp->dseq, &e->ctx->models[sp->model].kv, p->kv_draft);
+        }
     }
     return need;
 }
 
-// Plans rows for one running request within the remaining budget.
-static void lw__engine_plan_one(lw_engine* e, int slot, int* used) {
+// Reserves rows for one running request within the remaining budget.
+static void lw__engine_reserve_one(lw_engine* e, int slot, int* used) {
     lw__req* q = &e->reqs[slot];
     if (*used >= e->desc.token_budget || q->cancel_pending) return;
-    int n = q->dec.mode->plan(&q->dec, e->rows + *used, e->desc.token_budget - *used);
-    if (n <= 0) return;
-    lw__planned p = { slot, *used, n, q->dec.n_logit_rows };
+    lw__planned p;
+    memset(&p, 0, sizeof p);
+    p.slot = slot;
+    p.reserved = q->dec.mode->reserve(&q->dec, e->desc.token_budget - *used, &p.kv_target, &p.kv_draft);
+    if (p.reserved <= 0) return;
     stbds_arrput(e->plan, p);
-    *used += n;
+    *used += p.reserved;
+}
+
+// The draft passes of this step: each round gathers one pass's rows from every decoder still drafting,
+// runs them per draft (a draft model, or the target with a skip set), and hands back their logits.
+static lw_result lw__engine_draft(lw_engine* e) {
+    int n_vocab = e->model->w.cfg.n_vocab;
+    for (int round = 0; round < LW__SPEC_MAX + 1; round++) {
+        int n_rows = 0;
+        for (int i = 0; i < (int)stbds_arrlen(e->plan); i++) {
+            lw__planned* p = &e->plan[i];
+            lw__decoder* d = &e->reqs[p->slot].dec;
+            p->draft_rows = 0;
+            if (!d->mode->draft_plan) continue;
+            p->draft_row0 = n_rows;
+            p->draft_rows = d->mode->draft_plan(d, e->draft_rows + n_rows, e->desc.token_budget - n_rows);
+            n_rows += p->draft_rows;
+        }
+        if (n_rows == 0) return LW_OK;
+        // one pass per distinct draft: (model, skip set)
+        for (int i = 0; i < (int)stbds_arrlen(e->plan); i++) {
+            lw__planned* lead = &e->plan[i];
+            if (lead->draft_rows <= 0) continue;
+            const lw__spec* ls = (const lw__spec*)e->reqs[lead->slot].dec.state;
+            int m = 0, n_logits = 0;
+            for (int j = i; j < (int)stbds_arrlen(e->plan); j++) {   // gather the rows of every decoder with this draft
+                lw__planned* p = &e->plan[j];
+                const lw__spec* sp = (const lw__spec*)e->reqs[p->slot].dec.state;
+                if (p->draft_rows <= 0 || sp->model != ls->model ||
+                    (sp->skip != ls->skip && (!sp->skip || !ls->skip || memcmp(sp->skip, ls->skip, (size_t)e->model->w.cfg.n_layer))))
+                    continue;
+                memmove(e->rows + m, e->draft_rows + p->draft_row0, (size_t)p->draft_rows * sizeof(lw_row));
+                p->draft_row0 = -(m + 1);   // (marks membership of this pass; its rows now start at m)
+                m += p->draft_rows;
+                n_logits++;
+            }
+            if (n_logits > e->logit_cap) {
+                lw__free(&e->allocator, e->logits);
+                e->logit_cap = LW__MAX(n_logits, 2 * e->logit_cap);
+                e->logits = (float*)lw__alloc(&e->allocator, (size_t)e->logit_cap * (size_t)n_vocab * sizeof(float));
+                if (!e->logits) { e->logit_cap = 0; return lw__fail(&e->logger, LW_OUT_OF_MEMORY, "engine: out of memory for logits"); }
+            }
+            lw_batch b;
+            lw_forward_stats st;
+            memset(&b, 0, sizeof b);
+            b.model = ls->model;
+            b.rows = e->rows;
+            b.n_rows = m;
+            b.skip_layers = ls->skip;
+            b.logits = e->logits;
+            b.stats = &st;
+            lw_result r = lw_ctx_forward(e->ctx, &b);
+            if (r) return r;
+            e->last.draft_forwards++;
+            e->last.draft.rows += st.rows;
+            e->last.draft.logit_rows += st.logit_rows;
+            e->last.draft.weight_bytes += st.weight_bytes;
+            e->last.draft.kv_bytes_read += st.kv_bytes_read;
+            e->last.draft.kv_bytes_written += st.kv_bytes_written;
+            e->last.draft.flops += st.flops;
+            e->last.draft.seconds += st.seconds;
+            int k = 0;
+            for (int j = i; j < (int)stbds_arrlen(e->plan); j++) {
+                lw__planned* p = &e->plan[j];
+                if (p->draft_rows <= 0 || p->draft_row0 >= 0) continue;
+                lw__decoder* d = &e->reqs[p->slot].dec;
+                d->mode->draft_absorb(d, e->logits + (size_t)k++ * n_vocab);
+                p->draft_rows = 0;
+            }
+        }
+    }
+    return LW_OK;
 }
 
 LWDEF lw_result lw_engine_step(lw_engine* e) {
@@ -5655,16 +6358,17 @@ LWDEF lw_result lw_engine_step(lw_engine* e) {
     e->in_step = true;
     memset(&e->last, 0, sizeof e->last);
     LW__ARR_CLEAR(e->plan);
+    LW__ARR_CLEAR(e->masks);
     lw_result r = LW_OK;
 
-    // 1. plan: decode rows and prefill chunks of running requests (order per the descriptor), then admissions
+    // 1. reserve: decode rows and prefill chunks of running requests (order per the descriptor), then admissions
     int used = 0;
     for (int phase = 0; phase < 2; phase++) {
         bool decoding = (phase == 0) != e->desc.prefill_first;
         for (int i = 0; i < (int)stbds_arrlen(e->running); i++) {
             lw__req* q = &e->reqs[e->running[i]];
-            bool in_decode = (int)stbds_arrlen(q->dec.tokens) - q->dec.n_fed <= 1;
-            if (in_decode == decoding) lw__engine_plan_one(e, e->running[i], &used);
+            bool in_decode = lw__decoder_context(&q->dec) - q->dec.n_fed <= 1;
+            if (in_decode == decoding) lw__engine_reserve_one(e, e->running[i], &used);
         }
     }
     for (int i = 0; i < (int)stbds_arrlen(e->queue) && (int)stbds_arrlen(e->running) < e->desc.max_running &&
@@ -5672,7 +6376,7 @@ LWDEF lw_result lw_engine_step(lw_engine* e) {
         int slot = e->queue[i];
         if (lw__engine_should_wait(e, slot)) { i++; continue; }   // a shared prefix is being computed
         if ((r = lw__engine_admit(e, slot))) break;               // (admission takes it off the queue)
-        lw__engine_plan_one(e, slot, &used);
+        lw__engine_reserve_one(e, slot, &used);
     }
 
     // 2. make room in the KV pool: preempt the youngest running request until the plan fits
@@ -5685,20 +6389,33 @@ LWDEF lw_result lw_engine_step(lw_engine* e) {
         } else {
             lw__engine_preempt(e, youngest);
         }
-        for (int i = 0; i < (int)stbds_arrlen(e->plan); i++)   // drop its rows from the plan
+        for (int i = 0; i < (int)stbds_arrlen(e->plan); i++)   // drop it from the plan
             if (e->plan[i].slot == youngest) { stbds_arrdel(e->plan, i); i--; }
     }
-    // compact the rows of what is still planned
+
+    // 3. draft passes of the speculative decoders
+    if (r == LW_OK) r = lw__engine_draft(e);
+
+    // 4. the target pass: every planned decoder's rows (and masks)
     int n_rows = 0, n_logits = 0;
-    for (int i = 0; i < (int)stbds_arrlen(e->plan); i++) {
+    for (int i = 0; r == LW_OK && i < (int)stbds_arrlen(e->plan); i++) {
         lw__planned* p = &e->plan[i];
-        if (p->row0 != n_rows) memmove(e->rows + n_rows, e->rows + p->row0, (size_t)p->n_rows * sizeof(lw_row));
+        lw__decoder* d = &e->reqs[p->slot].dec;
         p->row0 = n_rows;
+        p->allow = NULL;
+        p->n_rows = d->mode->plan(d, e->rows + n_rows, p->reserved, &p->allow);
+        p->n_logits = d->n_logit_rows;
+        if (p->allow) {
+            lw_seq_mask mk;
+            memset(&mk, 0, sizeof mk);
+            mk.seq = d->seq;
+            mk.kind = LW_MASK_EXPLICIT;
+            mk.allow = p->allow;
+            stbds_arrput(e->masks, mk);
+        }
         n_rows += p->n_rows;
         n_logits += p->n_logits;
     }
-
-    // 3. one forward pass
     if (r == LW_OK && n_rows > 0) {
         int n_vocab = e->model->w.cfg.n_vocab;
         if (n_logits > e->logit_cap) {
@@ -5712,17 +6429,14 @@ LWDEF lw_result lw_engine_step(lw_engine* e) {
             memset(&b, 0, sizeof b);
             b.rows = e->rows;
             b.n_rows = n_rows;
+            b.masks = e->masks;
+            b.n_masks = (int)stbds_arrlen(e->masks);
             b.logits = e->logits;
             b.stats = &e->last.forward;
             r = lw_ctx_forward(e->ctx, &b);
         }
-        if (r != LW_OK) {   // the batch failed as a whole: its requests end with the error
-            for (int i = 0; i < (int)stbds_arrlen(e->plan); i++) {
-                lw__req* q = &e->reqs[e->plan[i].slot];
-                if (q->state == LW_REQUEST_RUNNING) lw__req_finish(e, q, LW_FINISH_ERROR, r);
-            }
-        } else {
-            // 4. hand each decoder its logits
+        if (r == LW_OK) {
+            // 5. hand each decoder its logits
             const float* lg = e->logits;
             for (int i = 0; i < (int)stbds_arrlen(e->plan); i++) {
                 lw__planned* p = &e->plan[i];
@@ -5730,9 +6444,12 @@ LWDEF lw_result lw_engine_step(lw_engine* e) {
                 void* ctx2[2] = { e, q };
                 q->dec.emit_user = ctx2;
                 q->forwards++;
-                int was_decoding = (int)stbds_arrlen(q->dec.tokens) - q->dec.n_fed <= 1;
+                int was_decoding = lw__decoder_context(&q->dec) - q->dec.n_fed <= 1;
                 if (was_decoding) e->last.decode_rows += p->n_rows; else e->last.prefill_rows += p->n_rows;
+                int drafted = q->dec.drafted, accepted = q->dec.accepted;
                 lw_result ar = q->dec.mode->absorb(&q->dec, p->n_logits ? lg : NULL);
+                e->st.drafted += q->dec.drafted - drafted;
+                e->st.accepted += q->dec.accepted - accepted;
                 q->dec.emit_user = NULL;
                 lg += (size_t)p->n_logits * (size_t)n_vocab;
                 if (ar != LW_OK) lw__req_finish(e, q, LW_FINISH_ERROR, ar);
@@ -5740,11 +6457,18 @@ LWDEF lw_result lw_engine_step(lw_engine* e) {
             }
             e->st.steps++;
             e->rows_total += n_rows;
-            e->st.weight_bytes += e->last.forward.weight_bytes;
-            e->st.kv_bytes_read += e->last.forward.kv_bytes_read;
-            e->st.kv_bytes_written += e->last.forward.kv_bytes_written;
-            e->st.flops += e->last.forward.flops;
-            e->st.forward_s += e->last.forward.seconds;
+            e->st.draft_forwards += e->last.draft_forwards;
+            e->st.weight_bytes += e->last.forward.weight_bytes + e->last.draft.weight_bytes;
+            e->st.kv_bytes_read += e->last.forward.kv_bytes_read + e->last.draft.kv_bytes_read;
+            e->st.kv_bytes_written += e->last.forward.kv_bytes_written + e->last.draft.kv_bytes_written;
+            e->st.flops += e->last.forward.flops + e->last.draft.flops;
+            e->st.forward_s += e->last.forward.seconds + e->last.draft.seconds;
+        }
+    }
+    if (r != LW_OK) {   // the step failed as a whole: its requests end with the error
+        for (int i = 0; i < (int)stbds_arrlen(e->plan); i++) {
+            lw__req* q = &e->reqs[e->plan[i].slot];
+            if (q->state == LW_REQUEST_RUNNING) lw__req_finish(e, q, LW_FINISH_ERROR, r);
         }
     }
     e->in_step = false;

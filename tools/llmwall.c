@@ -34,6 +34,10 @@ typedef struct cli_opts {
     int             verbose;
     int             parallel;        // copies of each request
     const char*     prompt_file;     // one prompt per line
+    lw_decode_mode  mode;
+    lw_spec_params  spec;
+    int             skip[256];       // --skip-layers
+    const char*     draft;           // --draft MODEL
 } cli_opts;
 
 static void usage(FILE* f) {
@@ -54,7 +58,13 @@ static void usage(FILE* f) {
         "  --seed S                sampling seed (default 0)\n"
         "  --kv-type f32|f16       KV cache entry type (default f32)\n"
         "  --backend auto|cpu|cuda (default auto)\n"
-        "  --mode ar               decoding mode (ar: autoregressive)\n"
+        "  --mode M                decoding mode: ar (default), spec, selfspec, lookup, lookahead\n"
+        "  --draft FILE            spec: the draft model (same vocabulary)\n"
+        "  --draft-max N           spec, selfspec, lookup: tokens drafted per round (4; lookup 10)\n"
+        "  --adaptive              spec, selfspec: adapt the draft length to the acceptance rate\n"
+        "  --skip-layers 3,5,7     selfspec: layers the draft skips\n"
+        "  --ngram-max N           lookup: longest n-gram matched (3)\n"
+        "  --window W --ngram N --guesses G   lookahead (7, 5, 7)\n"
         "  --parallel N            run N copies of the request at once, batched (default 1)\n"
         "  --prompt-file F         one prompt per line, all submitted at once and run batched\n"
         "  --json                  print one JSON object with ids, text and stats\n"
@@ -129,6 +139,7 @@ static void parse_args(cli_opts* o, int argc, char** argv) {
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); exit(0); }
         if (!strcmp(a, "--version")) { printf("llmwall %s\n", lw_version_string()); exit(0); }
         if (!strcmp(a, "--json")) { o->json = 1; continue; }
+        if (!strcmp(a, "--adaptive")) { o->spec.adaptive = true; continue; }
         if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) { o->verbose = 1; continue; }
         if (a[0] != '-') die("unexpected argument '%s'%s (see --help)", a, "");
         if (i + 1 >= argc) die("%s needs a value%s", a, "");
@@ -162,10 +173,38 @@ static void parse_args(cli_opts* o, int argc, char** argv) {
             else if (!strcmp(v, "cuda")) o->backend = LW_BACKEND_CUDA;
             else die("--backend '%s': expected auto, cpu or cuda%s", v, "");
         } else if (!strcmp(a, "--mode")) {
-            if (strcmp(v, "ar") != 0) die("--mode '%s': this build supports ar%s", v, "");
+            static const char* const modes[] = { "ar", "spec", "selfspec", "lookup", "lookahead" };
+            int m = -1;
+            for (int k = 0; k < 5; k++) if (!strcmp(v, modes[k])) m = k;
+            if (m < 0) die("--mode '%s': expected ar, spec, selfspec, lookup or lookahead%s", v, "");
+            o->mode = (lw_decode_mode)m;
+        } else if (!strcmp(a, "--draft")) o->draft = v;
+        else if (!strcmp(a, "--draft-max")) o->spec.draft_max = (int)parse_int(a, v, 1, 64);
+        else if (!strcmp(a, "--ngram-max")) o->spec.ngram_max = (int)parse_int(a, v, 1, 64);
+        else if (!strcmp(a, "--window")) o->spec.window = (int)parse_int(a, v, 1, 64);
+        else if (!strcmp(a, "--ngram")) o->spec.ngram = (int)parse_int(a, v, 2, 16);
+        else if (!strcmp(a, "--guesses")) o->spec.guesses = (int)parse_int(a, v, 0, 64);
+        else if (!strcmp(a, "--skip-layers")) {
+            const char* q = v;
+            o->spec.n_skip_layers = 0;
+            for (;;) {
+                char* end;
+                errno = 0;
+                long x = strtol(q, &end, 10);
+                if (errno || end == q || x < 0 || x > 4095 || o->spec.n_skip_layers == 256)
+                    die("--skip-layers '%s': expected comma-separated layer numbers%s", v, "");
+                o->skip[o->spec.n_skip_layers++] = (int)x;
+                if (*end == 0) break;
+                if (*end != ',') die("--skip-layers '%s': expected comma-separated layer numbers%s", v, "");
+                q = end + 1;
+            }
+            o->spec.skip_layers = o->skip;
         } else die("unknown option '%s'%s (see --help)", a, "");
     }
     if (!o->model) die("no model given (-m FILE)%s%s", "", "");
+    if (o->mode == LW_MODE_SPEC && !o->draft) die("--mode spec needs --draft MODEL%s%s", "", "");
+    if (o->draft && o->mode != LW_MODE_SPEC) die("--draft is for --mode spec%s%s", "", "");
+    if (o->mode == LW_MODE_SELFSPEC && !o->spec.n_skip_layers) die("--mode selfspec needs --skip-layers%s%s", "", "");
     if ((o->prompt != NULL) + (o->prompt_ids != NULL) + (o->prompt_file != NULL) > 1)
         die("give one of -p, --prompt-ids and --prompt-file%s%s", "", "");
     if (!o->prompt && !o->prompt_ids) o->prompt = "";
@@ -285,8 +324,11 @@ static void print_json(cli_run* run, lw_request h) {
     json_number(f, "tokens_per_s", in.tpot_ms > 0 ? 1000.0 / in.tpot_ms : 0.0, 0);
     json_number(f, "e2e_ms", in.e2e_ms, 0);
     json_number(f, "queue_ms", in.queue_ms, 0);
-    fprintf(f, "\"preemptions\":%d,\"shared_tokens\":%d,\"forwards\":%d,\"threads\":%d,\"backend\":\"%s\",\"engine\":{", in.preemptions,
-            in.shared_tokens, in.forwards, lw_backend_threads(run->backend), lw_backend_name(run->backend));
+    fprintf(f, "\"preemptions\":%d,\"shared_tokens\":%d,\"forwards\":%d,\"drafted\":%d,\"accepted\":%d,", in.preemptions,
+            in.shared_tokens, in.forwards, in.drafted, in.accepted);
+    json_number(f, "acceptance_rate", in.drafted ? (double)in.accepted / in.drafted : 0.0, 0);
+    json_number(f, "tokens_per_forward", in.forwards ? (double)in.n_ids / in.forwards : 0.0, 0);
+    fprintf(f, "\"threads\":%d,\"backend\":\"%s\",\"engine\":{", lw_backend_threads(run->backend), lw_backend_name(run->backend));
     fprintf(f, "\"requests\":%lld,\"finished\":%lld,\"steps\":%lld,\"preemptions\":%lld,\"generated_tokens\":%lld,",
             (long long)es.submitted, (long long)es.finished, (long long)es.steps, (long long)es.preemptions,
             (long long)es.generated_tokens);
@@ -353,6 +395,7 @@ int main(int argc, char** argv) {
     int n_requests = n_prompts * o.parallel;
 
     lw_model* model = NULL;
+    lw_model* draft = NULL;
     lw_backend* backend = NULL;
     lw_engine* engine = NULL;
     lw_model_desc md;
@@ -370,7 +413,10 @@ int main(int argc, char** argv) {
     ed.max_running = n_requests < 64 ? n_requests : 64;
     ed.logger = logger;
     int status = 0;
-    if (lw_model_load(&model, o.model, &md) != LW_OK || lw_backend_create(&backend, &bd) != LW_OK) status = 1;
+    if (lw_model_load(&model, o.model, &md) != LW_OK || (o.draft && lw_model_load(&draft, o.draft, &md) != LW_OK) ||
+        lw_backend_create(&backend, &bd) != LW_OK)
+        status = 1;
+    ed.draft_model = draft;
     if (!status) {
         lw_model_info info;
         memset(&info, 0, sizeof info);
@@ -382,6 +428,7 @@ int main(int argc, char** argv) {
     if (status) {
         fprintf(stderr, "error: %s\n", lw_last_error());
         lw_backend_free(backend);
+        lw_model_free(draft);
         lw_model_free(model);
         free(o.prompt_ids);
         return 1;
@@ -404,6 +451,8 @@ int main(int argc, char** argv) {
         else if (o.prompt_ids) { rd.prompt_ids = o.prompt_ids; rd.n_prompt_ids = o.n_prompt_ids; }
         else rd.prompt = o.prompt;
         rd.max_tokens = o.n_predict;
+        rd.mode = o.mode;
+        rd.spec = o.spec;
         rd.sampler = o.sampler;
         rd.sampler.seed = o.sampler.seed + (uint64_t)(i % o.parallel);   // copies of a prompt draw differently
         reqs[i].run = &run;
@@ -425,9 +474,11 @@ int main(int argc, char** argv) {
         lw_request_get(engine, handles[0], &in);
         stream_start(&run.stream);   // nothing generated: still show the prompt
         printf("\n");
-        fprintf(stderr, "[%d prompt + %d generated tokens (%s), ttft %.1f ms, %.2f ms/token, %.1f tokens/s, %s x%d]\n",
+        fprintf(stderr, "[%d prompt + %d generated tokens (%s), ttft %.1f ms, %.2f ms/token, %.1f tokens/s, %d forwards",
                 in.n_prompt, in.n_ids, finish_name(in.finish), in.ttft_ms, in.tpot_ms, in.tpot_ms > 0 ? 1000.0 / in.tpot_ms : 0.0,
-                lw_backend_name(backend), lw_backend_threads(backend));
+                in.forwards);
+        if (in.drafted) fprintf(stderr, ", %d of %d drafted accepted", in.accepted, in.drafted);
+        fprintf(stderr, ", %s x%d]\n", lw_backend_name(backend), lw_backend_threads(backend));
     } else if (!status && !o.json) {
         lw_engine_stats es;
         lw_engine_get_stats(engine, &es);
@@ -442,6 +493,7 @@ int main(int argc, char** argv) {
     free(o.prompt_ids);
     lw_engine_free(engine);
     lw_backend_free(backend);
+    lw_model_free(draft);
     lw_model_free(model);
     return status;
 }
