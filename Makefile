@@ -22,7 +22,7 @@ SAN      = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 MODEL   ?= models/tiny-shakespeare.gguf
 PROMPT  ?= ROMEO:
 
-TOOLS    = $(BUILD)/llmwall $(BUILD)/mkmodel $(BUILD)/bench
+TOOLS    = $(BUILD)/llmwall $(BUILD)/mkmodel $(BUILD)/bench $(BUILD)/skipsearch
 TESTS    = $(patsubst tests/%.c,$(BUILD)/%,$(wildcard tests/test_*.c)) $(BUILD)/test_cpp
 EXAMPLES = $(patsubst examples/%.c,$(BUILD)/example_%,$(wildcard examples/*.c))
 HEADERS  = llmwall.h $(wildcard wip/*.inc) tools/gguf_writer.h tests/lwtest.h
