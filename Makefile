@@ -58,7 +58,14 @@ test-asan:
 	$(MAKE) BUILD=build/asan OPT=-O1 CFLAGS="-O1 -g $(ARCH) $(SAN)" test
 
 bench: check-deps $(BUILD)/bench $(BUILD)/mkmodel $(BUILD)/llmwall
-	$(BUILD)/bench
+	@d=$${BENCH_MODELS:-$(BUILD)/bench-models}; mkdir -p $$d; for w in f16 q8_0; do test -f $$d/llama110m-$$w.gguf || \
+	  $(BUILD)/mkmodel -o $$d/llama110m-$$w.gguf --dim 768 --layers 12 --heads 12 --ff 2048 --ctx 2048 --tied \
+	    --vocab-from ../shared/vocab/ggml-vocab-llama-spm.gguf --type $$w || exit 1; done
+	@d=$${BENCH_MODELS:-$(BUILD)/bench-models}; t=$${BENCH_THREADS:-2}; set -e; for w in f16 q8_0; do \
+	  $(BUILD)/bench -m $$d/llama110m-$$w.gguf -t $$t --json $(BUILD)/bench-pptg-$$w.json; \
+	  $(BUILD)/bench -m $$d/llama110m-$$w.gguf -t $$t --mode sweep --json $(BUILD)/bench-sweep-$$w.json; done; \
+	$(BUILD)/bench -m $$d/llama110m-q8_0.gguf -t $$t --mode serve --rate 1,2,4,8 --requests 32 --prompt-len uniform:16:128 \
+	  --gen-len 32 --ttft-slo 500 --tpot-slo 50 --json $(BUILD)/bench-serve-q8_0.json
 
 clean:
 	rm -rf build

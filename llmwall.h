@@ -565,7 +565,31 @@ typedef enum lw_decode_mode {
     LW_MODE_SELFSPEC  = 2,     // self-speculative: the draft is the model itself with some layers skipped
     LW_MODE_LOOKUP    = 3,     // prompt lookup: the draft continues the latest earlier match of the last n-gram
     LW_MODE_LOOKAHEAD = 4,     // lookahead decoding: Jacobi guesses, an n-gram pool, verification in one pass
+    LW_MODE_DIFFUSION = 5,     // masked diffusion (LLaDA; Fast-dLLM's threshold rule): a bidirectional model
+                               // refines a canvas of masks, every pass over the whole canvas
+    LW_MODE_BLOCK     = 6,     // block diffusion (BD3-LM): blocks of diffusion.block_size, each refined
+                               // against the KV cache of the finished ones
 } lw_decode_mode;
+
+typedef enum lw_remasking {
+    LW_REMASK_LOW_CONFIDENCE = 0,  // confidence = the probability of the predicted token
+    LW_REMASK_RANDOM         = 1,  // confidence = a uniform random number
+} lw_remasking;
+
+// Parameters of the diffusion modes (zero: the defaults in brackets). Masked diffusion: the canvas is
+// the prompt then gen_length masks, decoded in blocks of block_length positions (counted from the end of
+// the prompt, left to right), steps spread evenly over the blocks; a step unmasks a block's most
+// confident positions. Block diffusion: the model's own blocks, each refined until no mask is left.
+typedef struct lw_diffusion_params {
+    int          gen_length;       // DIFFUSION: positions after the prompt [max_tokens]
+    int          steps;            // DIFFUSION: steps over all blocks [gen_length]; ignored with a threshold
+    int          block_length;     // DIFFUSION: positions per block [gen_length]
+    lw_remasking remasking;        // DIFFUSION [low_confidence]
+    float        threshold;        // unmask every masked position of the block whose confidence is >= it, at
+                                   // least the most confident one [DIFFUSION: off (fixed steps); BLOCK: 0.9]
+    int          tokens_per_step;  // BLOCK: instead, unmask this many per step
+    float        cfg_scale;        // DIFFUSION: classifier-free guidance, logits = u + (s + 1)(c - u) [0: off]
+} lw_diffusion_params;
 
 // Parameters of the speculative modes (zero: the defaults in brackets).
 typedef struct lw_spec_params {
@@ -602,6 +626,7 @@ typedef struct lw_request_desc {
     int                  n_prompt_ids;
     lw_decode_mode       mode;
     lw_spec_params       spec;          // the speculative modes' parameters
+    lw_diffusion_params  diffusion;     // the diffusion modes' parameters
     lw_sampler_desc      sampler;       // seed included: each request draws from its own generator
     int                  max_tokens;    // tokens after the prompt (0: until end of generation or context)
     const int32_t*       stop_ids;      // tokens that end generation (not included in the output)
@@ -5154,15 +5179,19 @@ LWDEF int32_t lw_sampler_sample(lw_sampler* s, const float* logits, const int32_
 
 typedef struct lw__decoder lw__decoder;
 
+#define LW__PLAN_MASKS 2   // masks one decoder's rows may need in a pass (classifier-free guidance: two sequences)
+
 typedef struct lw__mode_i {
     const char* name;
-    lw_result (*init)(lw__decoder* d, const lw_spec_params* p);                 // optional
+    lw_result (*init)(lw__decoder* d, const lw_request_desc* r);                // optional
     void      (*release)(lw__decoder* d, bool state);   // optional: drop extra KV (and the state, when `state`)
     int       (*reserve)(lw__decoder* d, int budget, int* kv_target, int* kv_draft);
     int       (*draft_plan)(lw__decoder* d, lw_row* rows, int budget);          // optional; 0: done drafting
     void      (*draft_absorb)(lw__decoder* d, const float* logits);
-    int       (*plan)(lw__decoder* d, lw_row* rows, int budget, const uint8_t** allow);
+    int       (*plan)(lw__decoder* d, lw_row* rows, int budget, lw_seq_mask* masks, int* n_masks);   // up to LW__PLAN_MASKS masks
     lw_result (*absorb)(lw__decoder* d, const float* logits);
+    int       (*min_rows)(const lw__decoder* d);   // optional: rows its passes need at the least (checked at submit)
+    bool        causal_cache;   // its cached positions are causal prefixes: it may share pages with others that are
 } lw__mode_i;
 
 struct lw__decoder {
@@ -5232,7 +5261,7 @@ static int lw__ar_reserve(lw__decoder* d, int budget, int* kv_target, int* kv_dr
     return n;
 }
 
-static int lw__ar_plan(lw__decoder* d, lw_row* rows, int budget, const uint8_t** allow) {
+static int lw__ar_plan(lw__decoder* d, lw_row* rows, int budget, lw_seq_mask* masks, int* n_masks) {
     int n_tokens = lw__decoder_context(d);
     int n = LW__MIN(budget, n_tokens - d->n_fed);
     for (int i = 0; i < n; i++) {
@@ -5245,7 +5274,8 @@ static int lw__ar_plan(lw__decoder* d, lw_row* rows, int budget, const uint8_t**
     }
     d->n_planned = n;
     d->n_logit_rows = n > 0 && d->n_fed + n == n_tokens;
-    *allow = NULL;
+    (void)masks;
+    *n_masks = 0;   // causal
     return n;
 }
 
@@ -5257,7 +5287,7 @@ static lw_result lw__ar_absorb(lw__decoder* d, const float* logits) {
     return LW_OK;
 }
 
-static const lw__mode_i lw__mode_ar = { "ar", NULL, NULL, lw__ar_reserve, NULL, NULL, lw__ar_plan, lw__ar_absorb };
+static const lw__mode_i lw__mode_ar = { "ar", NULL, NULL, lw__ar_reserve, NULL, NULL, lw__ar_plan, lw__ar_absorb, NULL, true };
 
 // ---- speculative verification, shared by the speculative modes
 //
@@ -5337,7 +5367,8 @@ typedef struct lw__spec {
 
 static bool lw__decoding(const lw__decoder* d) { return lw__decoder_context(d) - d->n_fed == 1; }
 
-static lw_result lw__spec_init(lw__decoder* d, const lw_spec_params* p) {
+static lw_result lw__spec_init(lw__decoder* d, const lw_request_desc* r) {
+    const lw_spec_params* p = &r->spec;
     lw__spec* s = (lw__spec*)lw__calloc(NULL, 1, sizeof(lw__spec));
     if (!s) return lw__fail(NULL, LW_OUT_OF_MEMORY, "out of memory for speculative decoding");
     d->state = s;
@@ -5435,9 +5466,9 @@ static void lw__spec_draft_absorb(lw__decoder* d, const float* logits) {
     s->round++;
 }
 
-static int lw__spec_plan(lw__decoder* d, lw_row* rows, int budget, const uint8_t** allow) {
+static int lw__spec_plan(lw__decoder* d, lw_row* rows, int budget, lw_seq_mask* masks, int* n_masks) {
     lw__spec* s = (lw__spec*)d->state;
-    if (!lw__decoding(d)) return lw__ar_plan(d, rows, budget, allow);
+    if (!lw__decoding(d)) return lw__ar_plan(d, rows, budget, masks, n_masks);
     int n = lw__decoder_context(d);
     s->k = LW__MIN(s->k, s->round);   // what was actually drafted
     if (s->skip && s->round > 0) lw_seq_truncate(d->ctx, d->seq, n - 1);   // the draft's own entries go
@@ -5451,7 +5482,8 @@ static int lw__spec_plan(lw__decoder* d, lw_row* rows, int budget, const uint8_t
     }
     s->k = count - 1;
     d->n_planned = d->n_logit_rows = count;
-    *allow = NULL;
+    (void)masks;
+    *n_masks = 0;
     return count;
 }
 
@@ -5472,9 +5504,9 @@ static lw_result lw__spec_absorb(lw__decoder* d, const float* logits) {
 }
 
 static const lw__mode_i lw__mode_spec = { "spec", lw__spec_init, lw__spec_release, lw__spec_reserve, lw__spec_draft_plan,
-                                          lw__spec_draft_absorb, lw__spec_plan, lw__spec_absorb };
+                                          lw__spec_draft_absorb, lw__spec_plan, lw__spec_absorb, NULL, true };
 static const lw__mode_i lw__mode_selfspec = { "selfspec", lw__spec_init, lw__spec_release, lw__spec_reserve, lw__spec_draft_plan,
-                                              lw__spec_draft_absorb, lw__spec_plan, lw__spec_absorb };
+                                              lw__spec_draft_absorb, lw__spec_plan, lw__spec_absorb, NULL, true };
 
 // ---- LOOKUP: the draft is what followed the latest earlier occurrence of the context's last n-gram
 
@@ -5484,7 +5516,8 @@ typedef struct lw__lookup {
     int32_t   x[LW__SPEC_MAX];
 } lw__lookup;
 
-static lw_result lw__lookup_init(lw__decoder* d, const lw_spec_params* p) {
+static lw_result lw__lookup_init(lw__decoder* d, const lw_request_desc* r) {
+    const lw_spec_params* p = &r->spec;
     lw__lookup* s = (lw__lookup*)lw__calloc(NULL, 1, sizeof(lw__lookup));
     if (!s) return lw__fail(NULL, LW_OUT_OF_MEMORY, "out of memory for prompt lookup");
     d->state = s;
@@ -5528,9 +5561,9 @@ static int lw__lookup_reserve(lw__decoder* d, int budget, int* kv_target, int* k
     return s->k + 1;
 }
 
-static int lw__lookup_plan(lw__decoder* d, lw_row* rows, int budget, const uint8_t** allow) {
+static int lw__lookup_plan(lw__decoder* d, lw_row* rows, int budget, lw_seq_mask* masks, int* n_masks) {
     lw__lookup* s = (lw__lookup*)d->state;
-    if (!lw__decoding(d)) return lw__ar_plan(d, rows, budget, allow);
+    if (!lw__decoding(d)) return lw__ar_plan(d, rows, budget, masks, n_masks);
     int n = lw__decoder_context(d), count = LW__MIN(s->k + 1, budget);
     for (int i = 0; i < count; i++) {
         rows[i].token = i == 0 ? d->tokens[n - 1] : s->x[i - 1];
@@ -5541,7 +5574,8 @@ static int lw__lookup_plan(lw__decoder* d, lw_row* rows, int budget, const uint8
     }
     s->k = count - 1;
     d->n_planned = d->n_logit_rows = count;
-    *allow = NULL;
+    (void)masks;
+    *n_masks = 0;
     return count;
 }
 
@@ -5556,7 +5590,7 @@ static lw_result lw__lookup_absorb(lw__decoder* d, const float* logits) {
 }
 
 static const lw__mode_i lw__mode_lookup = { "lookup", lw__lookup_init, lw__lookup_release, lw__lookup_reserve, NULL, NULL,
-                                            lw__lookup_plan, lw__lookup_absorb };
+                                            lw__lookup_plan, lw__lookup_absorb, NULL, true };
 
 // ---- LOOKAHEAD (Fu 2024): Jacobi iteration on a window of guesses, harvesting n-grams
 //
@@ -5587,7 +5621,8 @@ typedef struct lw__lookahead {
     bool        plain;           // this pass is a plain autoregressive one (no room for the window)
 } lw__lookahead;
 
-static lw_result lw__lookahead_init(lw__decoder* d, const lw_spec_params* p) {
+static lw_result lw__lookahead_init(lw__decoder* d, const lw_request_desc* r) {
+    const lw_spec_params* p = &r->spec;
     lw__lookahead* s = (lw__lookahead*)lw__calloc(NULL, 1, sizeof(lw__lookahead));
     if (!s) return lw__fail(NULL, LW_OUT_OF_MEMORY, "out of memory for lookahead decoding");
     d->state = s;
@@ -5637,12 +5672,12 @@ static int lw__lookahead_reserve(lw__decoder* d, int budget, int* kv_target, int
     return lw__lookahead_rows(s, c, s->n_cand);
 }
 
-static int lw__lookahead_plan(lw__decoder* d, lw_row* rows, int budget, const uint8_t** allow) {
+static int lw__lookahead_plan(lw__decoder* d, lw_row* rows, int budget, lw_seq_mask* masks, int* n_masks) {
     lw__lookahead* s = (lw__lookahead*)d->state;
-    if (s->plain) return lw__ar_plan(d, rows, budget, allow);
+    if (s->plain) return lw__ar_plan(d, rows, budget, masks, n_masks);
     int n = lw__decoder_context(d), c = n - d->n_fed, W = s->W, N = s->N, G = s->n_cand;
     int total = lw__lookahead_rows(s, c, G);
-    if (total > budget) { s->plain = true; return lw__ar_plan(d, rows, budget, allow); }
+    if (total > budget) { s->plain = true; return lw__ar_plan(d, rows, budget, masks, n_masks); }
     int p = n - 1;   // the last token's position
     int m = 0;
 #define LW__ROW(tok, pos, logits, commit) \
@@ -5677,7 +5712,11 @@ static int lw__lookahead_plan(lw__decoder* d, lw_row* rows, int budget, const ui
         }
     d->n_planned = total;
     d->n_logit_rows = 1 + G * (N - 1) + W;
-    *allow = a;
+    memset(masks, 0, sizeof *masks);
+    masks[0].seq = d->seq;
+    masks[0].kind = LW_MASK_EXPLICIT;
+    masks[0].allow = a;
+    *n_masks = 1;
     return total;
 }
 
@@ -5745,7 +5784,396 @@ static lw_result lw__lookahead_absorb(lw__decoder* d, const float* logits) {
 }
 
 static const lw__mode_i lw__mode_lookahead = { "lookahead", lw__lookahead_init, lw__lookahead_release, lw__lookahead_reserve, NULL,
-                                               NULL, lw__lookahead_plan, lw__lookahead_absorb };
+                                               NULL, lw__lookahead_plan, lw__lookahead_absorb, NULL, true };
+
+// ---- shared by the diffusion modes
+//
+// For each masked position that is predicted, x0 = argmax over the whole vocabulary (the mask token
+// included) of the logits, or with temperature T of exp(logit) / (-log u)^T with u uniform (Gumbel-max,
+// in double precision, u drawn in vocabulary order); its confidence is the softmax probability of x0
+// ('low_confidence') or a uniform number ('random'). A step unmasks the most confident positions (ties
+// to the lower position): a fixed number, or every one at or above a threshold and at least one.
+
+static int32_t lw__diffusion_x0(lw__decoder* d, const float* logits, lw_remasking remasking, double* conf) {
+    int nv = lw__decoder_vocab(d);
+    float temp = d->sampler->d.temperature;
+    int32_t best = 0;
+    if (temp == 0.0f) {
+        best = lw__argmax(logits, nv);
+    } else {
+        double best_v = -1.0;
+        for (int i = 0; i < nv; i++) {
+            double u = lw__sampler_uniform(d->sampler);
+            double v = exp((double)logits[i]) / pow(-log(u > 0.0 ? u : 1e-300), (double)temp);
+            if (v > best_v) { best_v = v; best = i; }
+        }
+    }
+    if (remasking == LW_REMASK_RANDOM) {
+        *conf = lw__sampler_uniform(d->sampler);
+    } else {   // softmax probability of x0, in double
+        double mx = logits[0], sum = 0.0;
+        for (int i = 1; i < nv; i++) mx = LW__MAX(mx, (double)logits[i]);
+        for (int i = 0; i < nv; i++) sum += exp((double)logits[i] - mx);
+        *conf = exp((double)logits[best] - mx) / sum;
+    }
+    return best;
+}
+
+// Picks which of n candidates (confidence conf[i], position pos[i], pos increasing) to unmask: k of them,
+// or (k < 0) all with conf >= tau and at least one. Marks take[i]; returns how many.
+static int lw__diffusion_choose(const double* conf, int n, int k, float tau, uint8_t* take) {
+    memset(take, 0, (size_t)n);
+    if (n == 0) return 0;
+    if (k < 0) {
+        int best = 0, count = 0;
+        for (int i = 0; i < n; i++) {
+            if (conf[i] > conf[best]) best = i;   // ties: the lower position (the first)
+            if (conf[i] >= (double)tau) { take[i] = 1; count++; }
+        }
+        if (!count) { take[best] = 1; count = 1; }
+        return count;
+    }
+    for (int c = 0; c < k && c < n; c++) {   // k rounds of "the best not yet taken"
+        int best = -1;
+        for (int i = 0; i < n; i++)
+            if (!take[i] && (best < 0 || conf[i] > conf[best])) best = i;
+        take[best] = 1;
+    }
+    return LW__MIN(k, n);
+}
+
+// Hands finished canvas positions [from, to) to the owner in order; false when the request is done.
+static bool lw__diffusion_emit(lw__decoder* d, const int32_t* canvas, int from, int to) {
+    for (int p = from; p < to; p++)
+        if (!lw__decoder_accept(d, canvas[p], NULL)) return false;
+    return true;
+}
+
+// ---- masked diffusion (LLaDA; Fast-dLLM's threshold rule)
+//
+// The canvas is the P prompt tokens then gen_length masks. Every step runs the whole canvas, prompt
+// included, with full attention and no KV cache. Blocks of block_length count from the end of the
+// prompt and are filled left to right; in fixed-step mode the steps are split evenly over the blocks
+// (s = steps / blocks) and a block's schedule is fixed when it starts from its mask count m: step i
+// unmasks m / s positions, the first m % s steps one more. Positions outside the current block never
+// change. With diffusion.shift_logits, position i is predicted by the logits of position i - 1. With
+// guidance, a second canvas with the prompt masked runs in the same pass: logits = u + (s + 1)(c - u).
+// Generation stops only between blocks, after a finished block that holds an end-of-generation token;
+// the output is the canvas after the prompt, up to its first such token.
+
+typedef struct lw__mdiff {
+    int           P, G, L, n_blocks, steps;   // steps per block (fixed mode)
+    int           block, step;                // the current block, and its step
+    int*          sched;                      // [steps] unmasked per step of the current block
+    int32_t*      canvas;                     // [P + G]
+    lw_remasking  remasking;
+    float         tau;                        // > 0: threshold mode
+    float         cfg;
+    int32_t       mask_id;
+    bool          shift;
+    lw_seq        useq;                       // guidance: the unconditional canvas's sequence
+    int           n_want;                     // positions predicted this pass
+    int32_t*      want;                       // [G] their canvas positions
+    double*       conf;                       // [G]
+    int32_t*      x0;                         // [G]
+    uint8_t*      take;                       // [G]
+    float*        mix;                        // [n_vocab] guided logits
+} lw__mdiff;
+
+static lw_result lw__mdiff_init(lw__decoder* d, const lw_request_desc* r) {
+    const lw_diffusion_params* p = &r->diffusion;
+    const lw_model* m = d->ctx->model;
+    lw__mdiff* s = (lw__mdiff*)lw__calloc(NULL, 1, sizeof(lw__mdiff));
+    if (!s) return lw__fail(NULL, LW_OUT_OF_MEMORY, "out of memory for diffusion");
+    d->state = s;
+    if (m->info.causal || m->info.mask < 0)
+        return lw__fail(NULL, LW_INVALID_ARGS, "masked diffusion needs a bidirectional model with a mask token ('%s' is %s%s)", m->info.arch,
+                        m->info.causal ? "causal" : "bidirectional", m->info.mask < 0 ? " without a mask token" : "");
+    s->P = d->n_prompt;
+    s->G = p->gen_length ? p->gen_length : d->max_tokens;
+    s->L = p->block_length ? p->block_length : s->G;
+    s->remasking = p->remasking;
+    s->tau = p->threshold;
+    s->cfg = p->cfg_scale;
+    s->mask_id = m->info.mask;
+    s->shift = m->info.shift_logits;
+    if (s->G < 1 || s->L < 1 || s->G % s->L != 0)
+        return lw__fail(NULL, LW_INVALID_ARGS, "lw_diffusion_params: block_length %d must divide gen_length %d", s->L, s->G);
+    s->n_blocks = s->G / s->L;
+    int steps = p->steps ? p->steps : s->G;
+    if (s->tau == 0.0f && (steps < 1 || steps % s->n_blocks != 0))
+        return lw__fail(NULL, LW_INVALID_ARGS, "lw_diffusion_params: steps %d must be a positive multiple of the %d blocks", steps, s->n_blocks);
+    if (!(s->tau >= 0.0f && s->tau <= 1.0f) || !(s->cfg >= 0.0f) || (unsigned)s->remasking > LW_REMASK_RANDOM || p->tokens_per_step)
+        return lw__fail(NULL, LW_INVALID_ARGS, "lw_diffusion_params: threshold in [0, 1], cfg_scale >= 0, a known remasking; tokens_per_step is for block diffusion");
+    if (s->P + s->G > d->ctx->n_ctx)
+        return lw__fail(NULL, LW_CONTEXT_FULL, "masked diffusion: a canvas of %d + %d positions exceeds the context of %d", s->P, s->G, d->ctx->n_ctx);
+    s->steps = steps / s->n_blocks;
+    s->sched = (int*)lw__calloc(NULL, (size_t)s->steps, sizeof(int));
+    s->canvas = (int32_t*)lw__calloc(NULL, (size_t)(s->P + s->G), sizeof(int32_t));
+    s->want = (int32_t*)lw__calloc(NULL, (size_t)s->G, sizeof(int32_t));
+    s->conf = (double*)lw__calloc(NULL, (size_t)s->G, sizeof(double));
+    s->x0 = (int32_t*)lw__calloc(NULL, (size_t)s->G, sizeof(int32_t));
+    s->take = (uint8_t*)lw__calloc(NULL, (size_t)s->G, 1);
+    s->mix = (float*)lw__calloc(NULL, (size_t)lw__decoder_vocab(d), sizeof(float));
+    if (!s->sched || !s->canvas || !s->want || !s->conf || !s->x0 || !s->take || !s->mix)
+        return lw__fail(NULL, LW_OUT_OF_MEMORY, "out of memory for diffusion");
+    memcpy(s->canvas, d->tokens, (size_t)s->P * sizeof(int32_t));
+    for (int i = 0; i < s->G; i++) s->canvas[s->P + i] = s->mask_id;
+    s->block = -1;   // the first reserve starts block 0
+    return LW_OK;
+}
+
+static void lw__mdiff_release(lw__decoder* d, bool state) {
+    lw__mdiff* s = (lw__mdiff*)d->state;
+    if (!s) return;
+    if (s->useq.id) lw_seq_free(d->ctx, s->useq);
+    s->useq.id = 0;
+    if (!state) return;
+    lw__free(NULL, s->sched); lw__free(NULL, s->canvas); lw__free(NULL, s->want); lw__free(NULL, s->conf);
+    lw__free(NULL, s->x0); lw__free(NULL, s->take); lw__free(NULL, s->mix);
+    lw__free(NULL, s);
+    d->state = NULL;
+}
+
+static int lw__mdiff_rows(const lw__mdiff* s) { return (s->P + s->G) * (s->cfg > 0.0f ? 2 : 1); }
+static int lw__mdiff_min_rows(const lw__decoder* d) { return lw__mdiff_rows((const lw__mdiff*)d->state); }
+
+// Starts block b: its transfer schedule from its mask count.
+static void lw__mdiff_start_block(lw__mdiff* s, int b) {
+    s->block = b;
+    s->step = 0;
+    int m = 0;
+    for (int i = 0; i < s->L; i++) m += s->canvas[s->P + b * s->L + i] == s->mask_id;
+    for (int i = 0; i < s->steps; i++) s->sched[i] = m / s->steps + (i < m % s->steps);
+}
+
+static int lw__mdiff_reserve(lw__decoder* d, int budget, int* kv_target, int* kv_draft) {
+    lw__mdiff* s = (lw__mdiff*)d->state;
+    *kv_target = *kv_draft = 0;
+    if (s->block < 0) lw__mdiff_start_block(s, 0);
+    return lw__mdiff_rows(s) <= budget ? lw__mdiff_rows(s) : 0;
+}
+
+static int lw__mdiff_plan(lw__decoder* d, lw_row* rows, int budget, lw_seq_mask* masks, int* n_masks) {
+    lw__mdiff* s = (lw__mdiff*)d->state;
+    int n = s->P + s->G, b0 = s->P + s->block * s->L;
+    if (lw__mdiff_rows(s) > budget) { *n_masks = 0; d->n_planned = d->n_logit_rows = 0; return 0; }
+    if (s->cfg > 0.0f && !s->useq.id && lw_seq_create(d->ctx, &s->useq) != LW_OK) s->cfg = 0.0f;   // no room: unguided
+    s->n_want = 0;
+    for (int t = b0; t < b0 + s->L; t++)
+        if (s->canvas[t] == s->mask_id) s->want[s->n_want++] = t;
+    for (int c = 0; c < (s->cfg > 0.0f ? 2 : 1); c++) {
+        int k = 0;
+        for (int pos = 0; pos < n; pos++) {
+            lw_row* r = &rows[c * n + pos];
+            r->token = c == 1 && pos < s->P ? s->mask_id : s->canvas[pos];   // the unconditional canvas: prompt masked
+            r->position = pos;
+            r->seq = c == 0 ? d->seq : s->useq;
+            r->commits = 0;
+            int target = s->shift ? pos + 1 : pos;   // the position this row's logits predict
+            r->wants_logits = k < s->n_want && s->want[k] == target;
+            k += r->wants_logits;
+        }
+        memset(&masks[c], 0, sizeof masks[c]);
+        masks[c].seq = c == 0 ? d->seq : s->useq;
+        masks[c].kind = LW_MASK_FULL;
+    }
+    *n_masks = s->cfg > 0.0f ? 2 : 1;
+    d->n_planned = lw__mdiff_rows(s);
+    d->n_logit_rows = s->n_want * *n_masks;
+    return d->n_planned;
+}
+
+static lw_result lw__mdiff_absorb(lw__decoder* d, const float* logits) {
+    lw__mdiff* s = (lw__mdiff*)d->state;
+    int nv = lw__decoder_vocab(d);
+    if (d->n_planned == 0) return LW_OK;
+    for (int k = 0; k < s->n_want; k++) {
+        const float* c = logits + (size_t)k * nv;
+        const float* row = c;
+        if (s->cfg > 0.0f) {   // rows of the unconditional canvas follow the conditional ones
+            const float* u = logits + (size_t)(s->n_want + k) * nv;
+            for (int v = 0; v < nv; v++) s->mix[v] = u[v] + (s->cfg + 1.0f) * (c[v] - u[v]);
+            row = s->mix;
+        }
+        s->x0[k] = lw__diffusion_x0(d, row, s->remasking, &s->conf[k]);
+    }
+    int k = s->tau > 0.0f ? -1 : s->sched[LW__MIN(s->step, s->steps - 1)];
+    lw__diffusion_choose(s->conf, s->n_want, k, s->tau, s->take);
+    int left = 0;
+    for (int i = 0; i < s->n_want; i++) {
+        if (s->take[i]) s->canvas[s->want[i]] = s->x0[i];
+        else left++;
+    }
+    s->step++;
+    if (left > 0 && (s->tau > 0.0f || s->step < s->steps)) return LW_OK;
+    // the block is finished (a fixed schedule always empties it by its last step)
+    int b0 = s->P + s->block * s->L;
+    bool eog = false;
+    for (int t = b0; t < b0 + s->L; t++) eog |= lw_token_is_eog(d->ctx->model, s->canvas[t]);
+    if (!lw__diffusion_emit(d, s->canvas, b0, b0 + s->L)) return LW_OK;   // an end of generation, or the length
+    if (eog || s->block + 1 == s->n_blocks) { lw__decoder_finish(d, eog ? LW_FINISH_STOP : LW_FINISH_LENGTH); return LW_OK; }
+    lw__mdiff_start_block(s, s->block + 1);
+    return LW_OK;
+}
+
+// ---- block diffusion (BD3-LM, Fast-dLLM v2, SDAR)
+//
+// For a model with diffusion.block_size B, position p is in block p / B. The prompt's full blocks are
+// prefilled with block attention and committed; a partial last prompt block is not: its tokens are the
+// fixed start of the first generated block. Every generated block is B positions (the last one too),
+// masks except those fixed tokens; each step runs only the block's rows (block attention, not committed)
+// against the committed cache and unmasks by the threshold rule or a fixed number per step. A finished
+// block is committed by folding its rows, committing, into the next block's first pass. Generation stops
+// after a block that holds an end-of-generation token, or once max_tokens tokens follow the prompt; the
+// output is cut there.
+
+typedef struct lw__bdiff {
+    int       B, start;      // block size; first position of the current block
+    int32_t*  canvas;        // [B] the current block
+    float     tau;
+    int       per_step;      // > 0: unmask this many per step instead of the threshold rule
+    int32_t   mask_id;
+    bool      fold;          // the previous block's rows commit with the next pass
+    int       n_want;
+    int32_t*  want;          // [B] masked positions (block-relative) predicted this pass
+    double*   conf;
+    int32_t*  x0;
+    uint8_t*  take;
+} lw__bdiff;
+
+static lw_result lw__bdiff_init(lw__decoder* d, const lw_request_desc* r) {
+    const lw_diffusion_params* p = &r->diffusion;
+    const lw_model* m = d->ctx->model;
+    lw__bdiff* s = (lw__bdiff*)lw__calloc(NULL, 1, sizeof(lw__bdiff));
+    if (!s) return lw__fail(NULL, LW_OUT_OF_MEMORY, "out of memory for block diffusion");
+    d->state = s;
+    if (m->info.diffusion_block_size < 1 || m->info.mask < 0)
+        return lw__fail(NULL, LW_INVALID_ARGS, "block diffusion needs a model with diffusion.block_size and a mask token");
+    if (m->info.shift_logits)
+        return lw__fail(NULL, LW_INVALID_ARGS, "block diffusion with shifted logits (diffusion.shift_logits) is not supported");
+    if (p->gen_length || p->steps || p->block_length || p->cfg_scale || p->remasking || p->tokens_per_step < 0 || !(p->threshold >= 0.0f && p->threshold <= 1.0f))
+        return lw__fail(NULL, LW_INVALID_ARGS, "lw_diffusion_params: block diffusion takes a threshold in [0, 1] or tokens_per_step");
+    s->B = m->info.diffusion_block_size;
+    s->per_step = p->tokens_per_step;
+    s->tau = s->per_step ? 0.0f : p->threshold > 0.0f ? p->threshold : 0.9f;
+    s->mask_id = m->info.mask;
+    s->start = d->n_prompt / s->B * s->B;
+    s->canvas = (int32_t*)lw__calloc(NULL, (size_t)s->B, sizeof(int32_t));
+    s->want = (int32_t*)lw__calloc(NULL, (size_t)s->B, sizeof(int32_t));
+    s->conf = (double*)lw__calloc(NULL, (size_t)s->B, sizeof(double));
+    s->x0 = (int32_t*)lw__calloc(NULL, (size_t)s->B, sizeof(int32_t));
+    s->take = (uint8_t*)lw__calloc(NULL, (size_t)s->B, 1);
+    if (!s->canvas || !s->want || !s->conf || !s->x0 || !s->take) return lw__fail(NULL, LW_OUT_OF_MEMORY, "out of memory for block diffusion");
+    for (int i = 0; i < s->B; i++) s->canvas[i] = s->start + i < d->n_prompt ? d->tokens[s->start + i] : s->mask_id;
+    if (s->start + s->B > d->ctx->n_ctx)
+        return lw__fail(NULL, LW_CONTEXT_FULL, "block diffusion: the first block ends past the context of %d", d->ctx->n_ctx);
+    return LW_OK;
+}
+
+static void lw__bdiff_release(lw__decoder* d, bool state) {
+    lw__bdiff* s = (lw__bdiff*)d->state;
+    if (!s) return;
+    s->fold = false;   // preempted: the finished blocks are prefilled again from the context
+    if (!state) return;
+    lw__free(NULL, s->canvas); lw__free(NULL, s->want); lw__free(NULL, s->conf); lw__free(NULL, s->x0); lw__free(NULL, s->take);
+    lw__free(NULL, s);
+    d->state = NULL;
+}
+
+static int lw__bdiff_min_rows(const lw__decoder* d) { return 2 * ((const lw__bdiff*)d->state)->B; }
+
+static int lw__bdiff_reserve(lw__decoder* d, int budget, int* kv_target, int* kv_draft) {
+    lw__bdiff* s = (lw__bdiff*)d->state;
+    *kv_draft = 0;
+    int committed_end = s->fold ? s->start - s->B : s->start;   // what the cache must hold before the block runs
+    if (d->n_fed < committed_end) {   // prefill whole blocks (block attention needs a block in one pass)
+        int n = LW__MIN(committed_end - d->n_fed, budget / s->B * s->B);
+        *kv_target = n;
+        return n;
+    }
+    int n = s->B + (s->fold ? s->B : 0);
+    *kv_target = s->fold ? s->B : 0;
+    return n <= budget ? n : 0;
+}
+
+static int lw__bdiff_plan(lw__decoder* d, lw_row* rows, int budget, lw_seq_mask* masks, int* n_masks) {
+    lw__bdiff* s = (lw__bdiff*)d->state;
+    int committed_end = s->fold ? s->start - s->B : s->start, m = 0;
+    memset(masks, 0, sizeof *masks);
+    masks[0].seq = d->seq;
+    masks[0].kind = LW_MASK_BLOCK;
+    masks[0].block_size = s->B;
+    *n_masks = 1;
+    s->n_want = 0;
+    d->n_logit_rows = 0;
+    if (d->n_fed < committed_end) {   // prefill (the context: prompt, then finished blocks)
+        int n = LW__MIN(committed_end - d->n_fed, budget / s->B * s->B);
+        for (int i = 0; i < n; i++) {
+            rows[i].token = d->tokens[d->n_fed + i];
+            rows[i].position = d->n_fed + i;
+            rows[i].seq = d->seq;
+            rows[i].commits = 1;
+            rows[i].wants_logits = 0;
+        }
+        d->n_planned = n;
+        return n;
+    }
+    if (s->fold)   // the finished block, committed now
+        for (int i = 0; i < s->B; i++, m++) {
+            rows[m].token = d->tokens[s->start - s->B + i];
+            rows[m].position = s->start - s->B + i;
+            rows[m].seq = d->seq;
+            rows[m].commits = 1;
+            rows[m].wants_logits = 0;
+        }
+    for (int i = 0; i < s->B; i++, m++) {
+        bool masked = s->canvas[i] == s->mask_id;
+        rows[m].token = s->canvas[i];
+        rows[m].position = s->start + i;
+        rows[m].seq = d->seq;
+        rows[m].commits = 0;
+        rows[m].wants_logits = masked;
+        if (masked) s->want[s->n_want++] = i;
+    }
+    d->n_planned = m;
+    d->n_logit_rows = s->n_want;
+    return m;
+}
+
+static lw_result lw__bdiff_absorb(lw__decoder* d, const float* logits) {
+    lw__bdiff* s = (lw__bdiff*)d->state;
+    int nv = lw__decoder_vocab(d);
+    if (s->n_want == 0 && d->n_logit_rows == 0) {   // a prefill pass
+        d->n_fed += d->n_planned;
+        return LW_OK;
+    }
+    if (s->fold) { d->n_fed += s->B; s->fold = false; }
+    for (int k = 0; k < s->n_want; k++) s->x0[k] = lw__diffusion_x0(d, logits + (size_t)k * nv, LW_REMASK_LOW_CONFIDENCE, &s->conf[k]);
+    lw__diffusion_choose(s->conf, s->n_want, s->per_step > 0 ? s->per_step : -1, s->tau, s->take);
+    int left = 0;
+    for (int k = 0; k < s->n_want; k++) {
+        if (s->take[k]) s->canvas[s->want[k]] = s->x0[k];
+        else left++;
+    }
+    if (left) return LW_OK;
+    // the block is finished: hand over its positions after the prompt, then start the next one
+    bool eog = false;
+    for (int i = 0; i < s->B; i++) eog |= lw_token_is_eog(d->ctx->model, s->canvas[i]);
+    int from = LW__MAX(0, d->n_prompt - s->start);
+    if (!lw__diffusion_emit(d, s->canvas, from, s->B)) return LW_OK;
+    if (eog) { lw__decoder_finish(d, LW_FINISH_STOP); return LW_OK; }
+    if (s->start + 2 * s->B > d->ctx->n_ctx) { lw__decoder_finish(d, LW_FINISH_LENGTH); return LW_OK; }
+    s->start += s->B;
+    s->fold = true;
+    for (int i = 0; i < s->B; i++) s->canvas[i] = s->mask_id;
+    return LW_OK;
+}
+
+static const lw__mode_i lw__mode_diffusion = { "diffusion", lw__mdiff_init, lw__mdiff_release, lw__mdiff_reserve, NULL, NULL,
+                                               lw__mdiff_plan, lw__mdiff_absorb, lw__mdiff_min_rows, false };
+static const lw__mode_i lw__mode_block = { "block", lw__bdiff_init, lw__bdiff_release, lw__bdiff_reserve, NULL, NULL,
+                                           lw__bdiff_plan, lw__bdiff_absorb, lw__bdiff_min_rows, false };
 
 static const lw__mode_i* lw__mode_of(lw_decode_mode m) {
     switch (m) {
@@ -5754,6 +6182,8 @@ static const lw__mode_i* lw__mode_of(lw_decode_mode m) {
     case LW_MODE_SELFSPEC: return &lw__mode_selfspec;
     case LW_MODE_LOOKUP: return &lw__mode_lookup;
     case LW_MODE_LOOKAHEAD: return &lw__mode_lookahead;
+    case LW_MODE_DIFFUSION: return &lw__mode_diffusion;
+    case LW_MODE_BLOCK: return &lw__mode_block;
     }
     return NULL;
 }
@@ -5793,7 +6223,8 @@ typedef struct lw__planned {
     int             row0, n_rows, n_logits;   // its rows of the target pass
     int             reserved;                 // rows it reserved
     int             kv_target, kv_draft;      // KV positions its sequences may add
-    const uint8_t*  allow;                    // its explicit mask, or NULL
+    lw_seq_mask     masks[LW__PLAN_MASKS];    // its sequences' masks (none: causal)
+    int             n_masks;
     int             draft_row0, draft_rows;   // its rows of the current draft pass
 } lw__planned;
 
@@ -6106,10 +6537,18 @@ LWDEF lw_result lw_engine_submit(lw_engine* e, const lw_request_desc* d, lw_requ
     p->dec.stop_ids = p->stop_ids;
     p->dec.n_stop_ids = d->n_stop_ids;
     p->dec.emit = lw__engine_emit;
-    if (mode->init && (r = mode->init(&p->dec, &d->spec)) != LW_OK) {   // the mode's parameters
+    if (mode->init && (r = mode->init(&p->dec, d)) != LW_OK) {   // the mode's parameters
         char detail[sizeof lw__error_text];
         memcpy(detail, lw__error_text, sizeof detail);
         lw__fail(lg, r, "%s", detail);   // (through the engine's logger)
+        lw__req_clear(p);
+        e->st.rejected++;
+        out->id = 0;
+        return r;
+    }
+    if (mode->min_rows && mode->min_rows(&p->dec) > e->desc.token_budget) {
+        r = lw__fail(lg, LW_INVALID_ARGS, "lw_engine_submit: its passes need %d rows, more than the token budget of %d",
+                     mode->min_rows(&p->dec), e->desc.token_budget);
         lw__req_clear(p);
         e->st.rejected++;
         out->id = 0;
@@ -6184,11 +6623,11 @@ static lw_result lw__engine_admit(lw_engine* e, int slot) {
     lw__req* q = &e->reqs[slot];
     int n = (int)stbds_arrlen(q->dec.tokens), best = 0;
     lw_seq donor = { 0 };
-    if (!e->desc.no_prefix_sharing) {
+    if (!e->desc.no_prefix_sharing && q->dec.mode->causal_cache) {
         for (int i = 0; i < (int)stbds_arrlen(e->running); i++) {
             const lw__req* o = &e->reqs[e->running[i]];
             int len = 0;
-            if (!o->dec.seq.id || lw_seq_length(e->ctx, o->dec.seq, &len) != LW_OK) continue;
+            if (!o->dec.mode->causal_cache || !o->dec.seq.id || lw_seq_length(e->ctx, o->dec.seq, &len) != LW_OK) continue;
             int lim = LW__MIN(len, n - 1), k = 0;   // the last context token is always run: its logits are needed
             while (k < lim && o->dec.tokens[k] == q->dec.tokens[k]) k++;
             if (k > best) { best = k; donor = o->dec.seq; }
@@ -6210,11 +6649,12 @@ static lw_result lw__engine_admit(lw_engine* e, int slot) {
 // Whether a waiting request should let a running one finish prefilling first: they share at least a
 // page of prefix that the running one has not committed yet (then the next step can fork it).
 static bool lw__engine_should_wait(const lw_engine* e, int slot) {
-    if (e->desc.no_prefix_sharing) return false;
     const lw__req* q = &e->reqs[slot];
+    if (e->desc.no_prefix_sharing || !q->dec.mode->causal_cache) return false;
     int n = (int)stbds_arrlen(q->dec.tokens);
     for (int i = 0; i < (int)stbds_arrlen(e->running); i++) {
         const lw__req* o = &e->reqs[e->running[i]];
+        if (!o->dec.mode->causal_cache) continue;
         int len = 0, lim = LW__MIN((int)stbds_arrlen(o->dec.tokens), n - 1), k = 0;
         if (o->dec.seq.id) lw_seq_length(e->ctx, o->dec.seq, &len);
         while (k < lim && o->dec.tokens[k] == q->dec.tokens[k]) k++;
@@ -6402,17 +6842,10 @@ LWDEF lw_result lw_engine_step(lw_engine* e) {
         lw__planned* p = &e->plan[i];
         lw__decoder* d = &e->reqs[p->slot].dec;
         p->row0 = n_rows;
-        p->allow = NULL;
-        p->n_rows = d->mode->plan(d, e->rows + n_rows, p->reserved, &p->allow);
+        p->n_masks = 0;
+        p->n_rows = d->mode->plan(d, e->rows + n_rows, p->reserved, p->masks, &p->n_masks);
         p->n_logits = d->n_logit_rows;
-        if (p->allow) {
-            lw_seq_mask mk;
-            memset(&mk, 0, sizeof mk);
-            mk.seq = d->seq;
-            mk.kind = LW_MASK_EXPLICIT;
-            mk.allow = p->allow;
-            stbds_arrput(e->masks, mk);
-        }
+        for (int k = 0; k < p->n_masks; k++) stbds_arrput(e->masks, p->masks[k]);
         n_rows += p->n_rows;
         n_logits += p->n_logits;
     }

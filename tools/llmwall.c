@@ -36,6 +36,7 @@ typedef struct cli_opts {
     const char*     prompt_file;     // one prompt per line
     lw_decode_mode  mode;
     lw_spec_params  spec;
+    lw_diffusion_params diffusion;
     int             skip[256];       // --skip-layers
     const char*     draft;           // --draft MODEL
 } cli_opts;
@@ -65,6 +66,13 @@ static void usage(FILE* f) {
         "  --skip-layers 3,5,7     selfspec: layers the draft skips\n"
         "  --ngram-max N           lookup: longest n-gram matched (3)\n"
         "  --window W --ngram N --guesses G   lookahead (7, 5, 7)\n"
+        "  --gen-length G          diffusion: canvas positions after the prompt (default: -n)\n"
+        "  --steps S               diffusion: steps over all blocks (default: gen length)\n"
+        "  --block-length B        diffusion: positions per block (default: gen length)\n"
+        "  --remasking R           diffusion: low_confidence (default) or random\n"
+        "  --threshold T           diffusion, block: unmask every position with confidence >= T (steps ignored)\n"
+        "  --tokens-per-step K     block: unmask K positions per step instead\n"
+        "  --cfg S                 diffusion: classifier-free guidance scale\n"
         "  --parallel N            run N copies of the request at once, batched (default 1)\n"
         "  --prompt-file F         one prompt per line, all submitted at once and run batched\n"
         "  --json                  print one JSON object with ids, text and stats\n"
@@ -173,10 +181,10 @@ static void parse_args(cli_opts* o, int argc, char** argv) {
             else if (!strcmp(v, "cuda")) o->backend = LW_BACKEND_CUDA;
             else die("--backend '%s': expected auto, cpu or cuda%s", v, "");
         } else if (!strcmp(a, "--mode")) {
-            static const char* const modes[] = { "ar", "spec", "selfspec", "lookup", "lookahead" };
+            static const char* const modes[] = { "ar", "spec", "selfspec", "lookup", "lookahead", "diffusion", "block" };
             int m = -1;
-            for (int k = 0; k < 5; k++) if (!strcmp(v, modes[k])) m = k;
-            if (m < 0) die("--mode '%s': expected ar, spec, selfspec, lookup or lookahead%s", v, "");
+            for (int k = 0; k < 7; k++) if (!strcmp(v, modes[k])) m = k;
+            if (m < 0) die("--mode '%s': expected ar, spec, selfspec, lookup, lookahead, diffusion or block%s", v, "");
             o->mode = (lw_decode_mode)m;
         } else if (!strcmp(a, "--draft")) o->draft = v;
         else if (!strcmp(a, "--draft-max")) o->spec.draft_max = (int)parse_int(a, v, 1, 64);
@@ -184,6 +192,17 @@ static void parse_args(cli_opts* o, int argc, char** argv) {
         else if (!strcmp(a, "--window")) o->spec.window = (int)parse_int(a, v, 1, 64);
         else if (!strcmp(a, "--ngram")) o->spec.ngram = (int)parse_int(a, v, 2, 16);
         else if (!strcmp(a, "--guesses")) o->spec.guesses = (int)parse_int(a, v, 0, 64);
+        else if (!strcmp(a, "--gen-length")) o->diffusion.gen_length = (int)parse_int(a, v, 1, 1 << 20);
+        else if (!strcmp(a, "--steps")) o->diffusion.steps = (int)parse_int(a, v, 1, 1 << 20);
+        else if (!strcmp(a, "--block-length")) o->diffusion.block_length = (int)parse_int(a, v, 1, 1 << 20);
+        else if (!strcmp(a, "--threshold")) o->diffusion.threshold = parse_float(a, v, 1e-6f, 1.0f);
+        else if (!strcmp(a, "--tokens-per-step")) o->diffusion.tokens_per_step = (int)parse_int(a, v, 1, 1 << 20);
+        else if (!strcmp(a, "--cfg")) o->diffusion.cfg_scale = parse_float(a, v, 0.0f, 1e3f);
+        else if (!strcmp(a, "--remasking")) {
+            if (!strcmp(v, "low_confidence")) o->diffusion.remasking = LW_REMASK_LOW_CONFIDENCE;
+            else if (!strcmp(v, "random")) o->diffusion.remasking = LW_REMASK_RANDOM;
+            else die("--remasking '%s': expected low_confidence or random%s", v, "");
+        }
         else if (!strcmp(a, "--skip-layers")) {
             const char* q = v;
             o->spec.n_skip_layers = 0;
@@ -328,6 +347,7 @@ static void print_json(cli_run* run, lw_request h) {
             in.shared_tokens, in.forwards, in.drafted, in.accepted);
     json_number(f, "acceptance_rate", in.drafted ? (double)in.accepted / in.drafted : 0.0, 0);
     json_number(f, "tokens_per_forward", in.forwards ? (double)in.n_ids / in.forwards : 0.0, 0);
+    json_number(f, "arithmetic_intensity", es.arithmetic_intensity, 0);   // mean FLOP/byte of the passes so far
     fprintf(f, "\"threads\":%d,\"backend\":\"%s\",\"engine\":{", lw_backend_threads(run->backend), lw_backend_name(run->backend));
     fprintf(f, "\"requests\":%lld,\"finished\":%lld,\"steps\":%lld,\"preemptions\":%lld,\"generated_tokens\":%lld,",
             (long long)es.submitted, (long long)es.finished, (long long)es.steps, (long long)es.preemptions,
@@ -453,6 +473,7 @@ int main(int argc, char** argv) {
         rd.max_tokens = o.n_predict;
         rd.mode = o.mode;
         rd.spec = o.spec;
+        rd.diffusion = o.diffusion;
         rd.sampler = o.sampler;
         rd.sampler.seed = o.sampler.seed + (uint64_t)(i % o.parallel);   // copies of a prompt draw differently
         reqs[i].run = &run;
