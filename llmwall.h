@@ -633,6 +633,8 @@ typedef struct lw_request_desc {
     int                  n_stop_ids;
     const char* const*   stop_strings;  // texts that end generation (the output text ends before them)
     int                  n_stop_strings;
+    bool                 ignore_eog;    // end-of-generation tokens do not end it (benchmarks: exact lengths)
+    double               arrival_time;  // when it arrived, on the engine's clock (0: now); TTFT counts from it
     double               ttft_target_ms;  // targets for goodput (0: none)
     double               tpot_target_ms;
     void               (*on_event)(const lw_event* event);   // streaming (optional)
@@ -676,6 +678,7 @@ typedef struct lw_step_stats {
     lw_forward_stats  draft;                  // their bytes, FLOPs and time, summed
     int               tokens_emitted;
     int               preempted;              // sequences preempted to make room
+    int64_t           kv_pages_used;          // after the step
     lw_forward_stats  forward;                // bytes, FLOPs, wall time of the pass
     double            seconds;                // the whole step (scheduling, forward, sampling, callbacks)
 } lw_step_stats;
@@ -693,6 +696,7 @@ typedef struct lw_engine_stats {
     double   goodput;            // finished requests per second that met their TTFT and TPOT targets
     int64_t  kv_pages, kv_pages_used, kv_pages_peak;
     double   kv_occupancy;       // used / all pages, now
+    double   kv_occupancy_mean;  // ... averaged over the steps
     double   kv_bytes_per_token; // bytes one cached position takes (all layers, K and V)
     double   weight_bytes, kv_bytes_read, kv_bytes_written, flops, forward_s;   // totals over all steps
     double   bytes_per_s, flops_per_s;   // achieved, over the time spent in forward passes
@@ -5207,6 +5211,7 @@ struct lw__decoder {
     int               max_tokens;   // generated tokens allowed (> 0)
     const int32_t*    stop_ids;     // end generation like end-of-generation tokens
     int               n_stop_ids;
+    bool              ignore_eog;   // end-of-generation tokens are ordinary tokens
     bool              done;
     lw_finish_reason  finish;
     int               drafted, accepted;   // speculative modes
@@ -5228,7 +5233,7 @@ static void lw__decoder_finish(lw__decoder* d, lw_finish_reason why) {
 // Accepts a token drawn from `logits`: an end-of-generation or stop token ends the sequence without
 // joining it; any other joins the context and goes to the owner. Returns false when the sequence is done.
 static bool lw__decoder_accept(lw__decoder* d, int32_t token, const float* logits) {
-    bool stop = lw_token_is_eog(d->ctx->model, token);
+    bool stop = !d->ignore_eog && lw_token_is_eog(d->ctx->model, token);
     for (int i = 0; i < d->n_stop_ids && !stop; i++) stop = d->stop_ids[i] == token;
     if (stop) { lw__decoder_finish(d, LW_FINISH_STOP); return false; }
     stbds_arrput(d->tokens, token);
@@ -6010,7 +6015,7 @@ static lw_result lw__mdiff_absorb(lw__decoder* d, const float* logits) {
     // the block is finished (a fixed schedule always empties it by its last step)
     int b0 = s->P + s->block * s->L;
     bool eog = false;
-    for (int t = b0; t < b0 + s->L; t++) eog |= lw_token_is_eog(d->ctx->model, s->canvas[t]);
+    for (int t = b0; t < b0 + s->L; t++) eog |= !d->ignore_eog && lw_token_is_eog(d->ctx->model, s->canvas[t]);
     if (!lw__diffusion_emit(d, s->canvas, b0, b0 + s->L)) return LW_OK;   // an end of generation, or the length
     if (eog || s->block + 1 == s->n_blocks) { lw__decoder_finish(d, eog ? LW_FINISH_STOP : LW_FINISH_LENGTH); return LW_OK; }
     lw__mdiff_start_block(s, s->block + 1);
@@ -6159,7 +6164,7 @@ static lw_result lw__bdiff_absorb(lw__decoder* d, const float* logits) {
     if (left) return LW_OK;
     // the block is finished: hand over its positions after the prompt, then start the next one
     bool eog = false;
-    for (int i = 0; i < s->B; i++) eog |= lw_token_is_eog(d->ctx->model, s->canvas[i]);
+    for (int i = 0; i < s->B; i++) eog |= !d->ignore_eog && lw_token_is_eog(d->ctx->model, s->canvas[i]);
     int from = LW__MAX(0, d->n_prompt - s->start);
     if (!lw__diffusion_emit(d, s->canvas, from, s->B)) return LW_OK;
     if (eog) { lw__decoder_finish(d, LW_FINISH_STOP); return LW_OK; }
@@ -6251,6 +6256,7 @@ struct lw_engine {
     double          t_first_submit, t_last_finish;
     int64_t         met_slo;
     double          rows_total;
+    double          occupancy_sum;   // of kv pages used / all, after each step
 };
 
 static double lw__engine_now(const lw_engine* e) { return e->desc.clock ? e->desc.clock(e->desc.clock_user) : lw__now(); }
@@ -6470,7 +6476,8 @@ LWDEF lw_result lw_engine_submit(lw_engine* e, const lw_request_desc* d, lw_requ
     else if (d->max_tokens < 0) r = lw__fail(lg, LW_INVALID_ARGS, "lw_request_desc.max_tokens: %d must be >= 0", d->max_tokens);
     else if (d->n_stop_ids < 0 || (d->n_stop_ids && !d->stop_ids)) r = lw__fail(lg, LW_INVALID_ARGS, "lw_request_desc: n_stop_ids %d without stop_ids", d->n_stop_ids);
     else if (d->n_stop_strings < 0 || (d->n_stop_strings && !d->stop_strings)) r = lw__fail(lg, LW_INVALID_ARGS, "lw_request_desc: n_stop_strings %d without stop_strings", d->n_stop_strings);
-    else if (!(d->ttft_target_ms >= 0.0) || !(d->tpot_target_ms >= 0.0)) r = lw__fail(lg, LW_INVALID_ARGS, "lw_request_desc: TTFT and TPOT targets must be >= 0");
+    else if (!(d->ttft_target_ms >= 0.0) || !(d->tpot_target_ms >= 0.0) || !(d->arrival_time >= 0.0))
+        r = lw__fail(lg, LW_INVALID_ARGS, "lw_request_desc: TTFT and TPOT targets and the arrival time must be >= 0");
     else if (e->desc.max_queue && (int)stbds_arrlen(e->queue) >= e->desc.max_queue) r = lw__fail(lg, LW_QUEUE_FULL, "engine: %d requests are already waiting (max_queue)", e->desc.max_queue);
     for (int i = 0; r == LW_OK && i < d->n_stop_ids; i++)
         if (d->stop_ids[i] < 0 || d->stop_ids[i] >= n_vocab) r = lw__fail(lg, LW_INVALID_TOKEN, "lw_request_desc.stop_ids[%d]: %d is outside [0, %d)", i, d->stop_ids[i], n_vocab);
@@ -6536,6 +6543,7 @@ LWDEF lw_result lw_engine_submit(lw_engine* e, const lw_request_desc* d, lw_requ
     p->dec.max_tokens = d->max_tokens ? d->max_tokens : e->ctx->n_ctx;
     p->dec.stop_ids = p->stop_ids;
     p->dec.n_stop_ids = d->n_stop_ids;
+    p->dec.ignore_eog = d->ignore_eog;
     p->dec.emit = lw__engine_emit;
     if (mode->init && (r = mode->init(&p->dec, d)) != LW_OK) {   // the mode's parameters
         char detail[sizeof lw__error_text];
@@ -6554,8 +6562,8 @@ LWDEF lw_result lw_engine_submit(lw_engine* e, const lw_request_desc* d, lw_requ
         out->id = 0;
         return r;
     }
-    p->t_submit = lw__engine_now(e);
-    if (e->st.submitted == 0) e->t_first_submit = p->t_submit;
+    p->t_submit = d->arrival_time > 0.0 ? d->arrival_time : lw__engine_now(e);
+    if (e->st.submitted == 0 || p->t_submit < e->t_first_submit) e->t_first_submit = p->t_submit;
     stbds_arrput(e->queue, slot);
     e->st.submitted++;
     e->st.prompt_tokens += n_prompt;
@@ -6663,20 +6671,36 @@ static bool lw__engine_should_wait(const lw_engine* e, int slot) {
     return false;
 }
 
-// Puts a running request back at the front of the queue, freeing its pages; it recomputes its context later.
-static void lw__engine_preempt(lw_engine* e, int slot) {
+// Puts a running request back at the front of the queue (its pages freed, its context recomputed later).
+static void lw__engine_requeue(lw_engine* e, int slot) {
     lw__req* q = &e->reqs[slot];
-    e->st.recomputed_tokens += q->dec.n_fed;
     lw__req_release_kv(e, q);
     q->dec.n_fed = 0;
-    q->preemptions++;
     q->state = LW_REQUEST_WAITING;
     lw__int_remove(e->running, slot);
     stbds_arrput(e->queue, slot);   // to the front: it was admitted before everything still waiting
     memmove(e->queue + 1, e->queue, (stbds_arrlenu(e->queue) - 1) * sizeof(int));
     e->queue[0] = slot;
+    for (int i = 0; i < (int)stbds_arrlen(e->plan); i++)   // and out of this step's plan
+        if (e->plan[i].slot == slot) { stbds_arrdel(e->plan, i); i--; }
+}
+
+// Preemption: a running request makes room for older ones.
+static void lw__engine_preempt(lw_engine* e, int slot) {
+    lw__req* q = &e->reqs[slot];
+    e->st.recomputed_tokens += q->dec.n_fed;
+    q->preemptions++;
     e->st.preemptions++;
     e->last.preempted++;
+    lw__engine_requeue(e, slot);
+}
+
+// An admission taken back in the same step (the pool could not hold it): nothing was computed for it.
+static void lw__engine_unadmit(lw_engine* e, int slot) {
+    lw__req* q = &e->reqs[slot];
+    e->st.shared_tokens -= q->dec.n_fed;   // a fork it took is given back
+    q->shared_tokens -= q->dec.n_fed;
+    lw__engine_requeue(e, slot);
 }
 
 // KV pages a sequence needs to grow by `add` positions: new pages past its end, plus a copy of a shared
@@ -6815,8 +6839,14 @@ LWDEF lw_result lw_engine_step(lw_engine* e) {
                     used < e->desc.token_budget;) {
         int slot = e->queue[i];
         if (lw__engine_should_wait(e, slot)) { i++; continue; }   // a shared prefix is being computed
+        int before = used;
         if ((r = lw__engine_admit(e, slot))) break;               // (admission takes it off the queue)
         lw__engine_reserve_one(e, slot, &used);
+        if (stbds_arrlen(e->running) > 1 && lw__plan_pages_needed(e) > e->ctx->n_free) {   // no room: not yet
+            lw__engine_unadmit(e, slot);
+            used = before;
+            break;
+        }
     }
 
     // 2. make room in the KV pool: preempt the youngest running request until the plan fits
@@ -6826,11 +6856,11 @@ LWDEF lw_result lw_engine_step(lw_engine* e) {
             if (e->reqs[e->running[i]].admitted > e->reqs[youngest].admitted) youngest = e->running[i];
         if (stbds_arrlen(e->running) == 1) {   // alone and still too big: the pool is its length limit
             lw__req_finish(e, &e->reqs[youngest], LW_FINISH_LENGTH, LW_OK);
+            for (int i = 0; i < (int)stbds_arrlen(e->plan); i++)
+                if (e->plan[i].slot == youngest) { stbds_arrdel(e->plan, i); i--; }
         } else {
             lw__engine_preempt(e, youngest);
         }
-        for (int i = 0; i < (int)stbds_arrlen(e->plan); i++)   // drop it from the plan
-            if (e->plan[i].slot == youngest) { stbds_arrdel(e->plan, i); i--; }
     }
 
     // 3. draft passes of the speculative decoders
@@ -6890,6 +6920,7 @@ LWDEF lw_result lw_engine_step(lw_engine* e) {
             }
             e->st.steps++;
             e->rows_total += n_rows;
+            e->occupancy_sum += (double)(e->ctx->n_pages - e->ctx->n_free) / (double)e->ctx->n_pages;
             e->st.draft_forwards += e->last.draft_forwards;
             e->st.weight_bytes += e->last.forward.weight_bytes + e->last.draft.weight_bytes;
             e->st.kv_bytes_read += e->last.forward.kv_bytes_read + e->last.draft.kv_bytes_read;
@@ -6910,6 +6941,7 @@ LWDEF lw_result lw_engine_step(lw_engine* e) {
         if (q->state && q->state != LW_REQUEST_FINISHED && q->cancel_pending) lw__req_finish(e, q, LW_FINISH_CANCELLED, LW_OK);
     }
     e->last.step = (int)e->st.steps;
+    e->last.kv_pages_used = e->ctx->n_pages - e->ctx->n_free;
     e->last.running = (int)stbds_arrlen(e->running);
     e->last.waiting = (int)stbds_arrlen(e->queue);
     e->st.generated_tokens += e->last.tokens_emitted;
@@ -6942,6 +6974,7 @@ LWDEF lw_result lw_engine_get_stats(const lw_engine* e, lw_engine_stats* out) {
     out->kv_pages_used = e->ctx->n_pages - e->ctx->n_free;
     out->kv_pages_peak = e->ctx->pages_peak;
     out->kv_occupancy = (double)out->kv_pages_used / (double)e->ctx->n_pages;
+    out->kv_occupancy_mean = e->st.steps ? e->occupancy_sum / (double)e->st.steps : 0.0;
     out->kv_bytes_per_token = (double)e->ctx->kv.page_bytes / (double)e->ctx->kv.page_size;
     double bytes = e->st.weight_bytes + e->st.kv_bytes_read + e->st.kv_bytes_written;
     out->bytes_per_s = e->st.forward_s > 0 ? bytes / e->st.forward_s : 0.0;

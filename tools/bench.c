@@ -63,7 +63,7 @@
        --prefill-first      engine: prompt chunks before decode rows
      Prompts are random token ids (seeded, no BOS). Arrivals are backdated: a request that arrives while
      a step runs is submitted when the step ends, but its times (TTFT, end-to-end, the SLO) count from its
-     arrival (the engine's clock hook is pointed at the arrival time while it is submitted). In the closed
+     arrival (lw_request_desc.arrival_time). In the closed
      loop a request arrives when the one it replaces finishes.
      Prints two tables, one row per load: latency (finished requests, throughput in generated tokens/s,
      requests/s, goodput in requests/s meeting both targets, the share that met them, TTFT p50/p90/p99,
@@ -71,8 +71,8 @@
      step time) and peak, preemptions, achieved GB/s and GFLOP/s during forward passes and their
      fractions of the peaks, arithmetic intensity, and "busy": the share of the elapsed time spent in
      forward passes). Percentiles interpolate linearly between ranks; TPOT counts requests with two
-     tokens or more. Random-weight models can draw an end-of-generation token and stop before their
-     gen-len: the "stop" count says how many did.
+     tokens or more. Requests ignore end-of-generation tokens (lw_request_desc.ignore_eog), so each
+     generates exactly its gen-len; the "stop" column should stay 0.
 
    Common options:
        -m FILE              the model (random-weight models of real shapes come from build/mkmodel)
@@ -882,22 +882,13 @@ typedef struct serve_result {
 
 typedef struct driver {
     lw_engine* e;
-    double     backdate;          // > 0 while submitting: the arrival time the engine should record
     double     kv_time, step_time, fwd_time;
-    int64_t    steps, decode_rows, prefill_rows;
+    int64_t    steps, decode_rows, prefill_rows, kv_pages;
 } driver;
-
-static double drv_clock(void* user) {
-    driver* d = (driver*)user;
-    return d->backdate > 0 ? d->backdate : lw__now();
-}
 
 static void drv_on_step(const lw_step_stats* s, void* user) {
     driver* d = (driver*)user;
-    lw_engine_stats es;
-    memset(&es, 0, sizeof es);
-    lw_engine_get_stats(d->e, &es);   // KV pages in use after the step
-    d->kv_time += es.kv_occupancy * s->seconds;
+    d->kv_time += (double)s->kv_pages_used / (double)d->kv_pages * s->seconds;   // KV occupancy weighted by time
     d->step_time += s->seconds;
     d->fwd_time += s->forward.seconds;
     d->steps++;
@@ -995,13 +986,13 @@ static void serve_submit(bench* B, driver* d, req_rec* r, int i, double arrival,
     rd.sampler.seed = (uint64_t)i + 1;
     rd.ttft_target_ms = B->o.ttft_slo;
     rd.tpot_target_ms = B->o.tpot_slo;
+    rd.ignore_eog = true;          // exact output lengths
+    rd.arrival_time = arrival;     // TTFT counts from the arrival, even when it fell inside a step
     rd.on_event = drv_on_event;
     rd.user = r;
     r->arrival = arrival - t0;
     r->submitted = true;
-    d->backdate = arrival;
     lw_result res = lw_engine_submit(d->e, &rd, &r->h);
-    d->backdate = 0;
     if (res != LW_OK) {   // refused (it can never fit): counted, not run
         r->done = true;
         r->finish = LW_FINISH_ERROR;
@@ -1036,11 +1027,12 @@ static void serve_run(bench* B, const workload* wl, int n_ctx, int64_t kv_tokens
     ed.kv_tokens = kv_tokens;
     ed.kv_type = o->kv_type;
     ed.prefill_first = o->prefill_first;
-    ed.clock = drv_clock;
-    ed.clock_user = &d;
     ed.on_step = drv_on_step;
     ed.step_user = &d;
     if (lw_engine_create(&d.e, B->model, B->be, &ed) != LW_OK) fail("engine");
+    lw_engine_stats es0;
+    lw_engine_get_stats(d.e, &es0);
+    d.kv_pages = es0.kv_pages;
     int n = wl->n, max_prompt = 1;
     for (int i = 0; i < n; i++) max_prompt = LW__MAX(max_prompt, wl->prompt_len[i]);
     int32_t* ids = (int32_t*)malloc((size_t)max_prompt * sizeof(int32_t));
