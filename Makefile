@@ -25,7 +25,7 @@ PROMPT  ?= ROMEO:
 TOOLS    = $(BUILD)/llmwall $(BUILD)/mkmodel $(BUILD)/bench $(BUILD)/skipsearch
 TESTS    = $(patsubst tests/%.c,$(BUILD)/%,$(wildcard tests/test_*.c)) $(BUILD)/test_cpp
 EXAMPLES = $(patsubst examples/%.c,$(BUILD)/example_%,$(wildcard examples/*.c))
-HEADERS  = llmwall.h $(wildcard wip/*.inc) tools/gguf_writer.h tests/lwtest.h
+HEADERS  = llmwall.h tools/gguf_writer.h tests/lwtest.h
 
 .PHONY: all run test test-asan bench clean check-deps
 all: check-deps $(TOOLS) $(TESTS) $(EXAMPLES)

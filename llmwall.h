@@ -1173,45 +1173,28 @@ static float lw__dot_f32(const void* LW__RESTRICT wv, const void* LW__RESTRICT x
     return lw__sum16(acc);
 }
 
-// ---- F16
-static void lw__f16_to_float(const void* LW__RESTRICT src, float* LW__RESTRICT dst, int64_t n) {
-    const uint16_t* h = (const uint16_t*)src;
-    for (int64_t i = 0; i < n; i++) dst[i] = lw__fp16_to_fp32(h[i]);
-}
-static void lw__f16_from_float(const float* LW__RESTRICT src, void* LW__RESTRICT dst, int64_t n) {
-    uint16_t* h = (uint16_t*)dst;
-    for (int64_t i = 0; i < n; i++) h[i] = lw__fp32_to_fp16(src[i]);
-}
-static float lw__dot_f16(const void* LW__RESTRICT wv, const void* LW__RESTRICT xv, int n) {
-    const float* x = (const float*)xv;
-    const uint16_t* w = (const uint16_t*)wv;
-    float acc[16] = {0};
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int l = 0; l < 16; l++) acc[l] += lw__fp16_to_fp32(w[i + l]) * x[i + l];
-    for (int l = 0; i + l < n; l++) acc[l] += lw__fp16_to_fp32(w[i + l]) * x[i + l];
-    return lw__sum16(acc);
-}
-
-// ---- BF16
-static void lw__bf16_to_float(const void* LW__RESTRICT src, float* LW__RESTRICT dst, int64_t n) {
-    const uint16_t* h = (const uint16_t*)src;
-    for (int64_t i = 0; i < n; i++) dst[i] = lw__bf16_to_fp32(h[i]);
-}
-static void lw__bf16_from_float(const float* LW__RESTRICT src, void* LW__RESTRICT dst, int64_t n) {
-    uint16_t* h = (uint16_t*)dst;
-    for (int64_t i = 0; i < n; i++) h[i] = lw__fp32_to_bf16(src[i]);
-}
-static float lw__dot_bf16(const void* LW__RESTRICT wv, const void* LW__RESTRICT xv, int n) {
-    const float* x = (const float*)xv;
-    const uint16_t* w = (const uint16_t*)wv;
-    float acc[16] = {0};
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int l = 0; l < 16; l++) acc[l] += lw__bf16_to_fp32(w[i + l]) * x[i + l];
-    for (int l = 0; i + l < n; l++) acc[l] += lw__bf16_to_fp32(w[i + l]) * x[i + l];
-    return lw__sum16(acc);
-}
+// ---- F16 and BF16: 16-bit floats that differ only in their conversion, so one definition serves both
+#define LW__HALF_TYPE(pfx, to_f32, from_f32) \
+    static void lw__##pfx##_to_float(const void* LW__RESTRICT src, float* LW__RESTRICT dst, int64_t n) { \
+        const uint16_t* h = (const uint16_t*)src; \
+        for (int64_t i = 0; i < n; i++) dst[i] = to_f32(h[i]); \
+    } \
+    static void lw__##pfx##_from_float(const float* LW__RESTRICT src, void* LW__RESTRICT dst, int64_t n) { \
+        uint16_t* h = (uint16_t*)dst; \
+        for (int64_t i = 0; i < n; i++) h[i] = from_f32(src[i]); \
+    } \
+    static float lw__dot_##pfx(const void* LW__RESTRICT wv, const void* LW__RESTRICT xv, int n) { \
+        const float* x = (const float*)xv; \
+        const uint16_t* w = (const uint16_t*)wv; \
+        float acc[16] = {0}; \
+        int i = 0; \
+        for (; i + 16 <= n; i += 16) \
+            for (int l = 0; l < 16; l++) acc[l] += to_f32(w[i + l]) * x[i + l]; \
+        for (int l = 0; i + l < n; l++) acc[l] += to_f32(w[i + l]) * x[i + l]; \
+        return lw__sum16(acc); \
+    }
+LW__HALF_TYPE(f16, lw__fp16_to_fp32, lw__fp32_to_fp16)
+LW__HALF_TYPE(bf16, lw__bf16_to_fp32, lw__fp32_to_bf16)
 
 // ---- Q8_0: blocks of 32, d = max|x| / 127, q = round(x / d)
 static void lw__q8_0_to_float(const void* LW__RESTRICT src, float* LW__RESTRICT dst, int64_t n) {
@@ -3986,6 +3969,7 @@ typedef struct lw__cpu_kernels {
     const char*  name;                   // "portable", ...
     int          tile_cols, tile_rows;   // the largest nj and nr its tile functions take
     lw__tile_fn  tile[LW_TYPE_COUNT];    // by weight type (NULL: the type has no kernels)
+    void (*quantize_q8_0)(const float* LW__RESTRICT x, void* LW__RESTRICT q, int64_t n);   // activations, bit for bit lw__q8_0_from_float
 } lw__cpu_kernels;
 
 #define LW__PORTABLE_TILE(pfx) \
@@ -4015,10 +3999,977 @@ static lw__cpu_kernels lw__portable_kernels(void) {
     k.tile[LW_TYPE_BF16] = lw__tile_bf16;
     k.tile[LW_TYPE_Q8_0] = lw__tile_q8_0;
     k.tile[LW_TYPE_Q4_0] = lw__tile_q4_0;
+    k.quantize_q8_0 = lw__q8_0_from_float;
     return k;
 }
 
-#include "wip/lw_kernels_x86.inc"   // vector kernel sets and lw__select_kernels (being written; merged later)
+// ---- x86-64 vector kernel sets: "avx512" and "avx2", chosen at run time
+//
+// Each set is an lw__cpu_kernels whose tile functions are written with intrinsics inside functions
+// compiled for their instruction set (__attribute__((target))), so the header built with plain -O2 (no
+// -march) still uses them on a CPU that has them; __builtin_cpu_supports picks the set at run time.
+// Other compilers and architectures get the portable set only.
+//
+// The numbers (the batch-invariance contract, kept by every tile shape and both code paths below):
+//
+//   F32, F16, BF16 weights (F32 activations): every (W row j, x row r) pair owns 16 float partial sums;
+//     lane l takes the elements l, l+16, l+32, ... in order, each by one fused multiply-add; a last
+//     partial chunk is read with zeros past k (those lanes get fma(0, 0, s)); then the 16 lanes are
+//     added in lw__sum16's fixed tree (l + l+8, then +4, +2, +1). Weights convert exactly to float
+//     first (F16 by the F16C instruction, BF16 by a shift).
+//   Q8_0, Q4_0 weights (Q8_0 activations): for each block b of 32 the exact integer dot product
+//     isum_b = sum (w_q * x_q) (Q4_0: w_q = nibble - 8), then in block order
+//         acc = fmaf((float)isum_b, fp16(d_w,b) * fp16(d_x,b), acc)        (acc starts at 0)
+//     The integer sums are exact whatever the lanes or instructions that form them, so only the float
+//     chain fixes the result, and it is the same for every path.
+//
+// Both sets follow the same definitions, so "avx2" and "avx512" give bitwise the same results (the
+// tests check it); they differ from the portable set, which does not fuse the multiply-adds.
+//
+// Shapes: register tiles of several W rows x several x rows, so a prefill or a batch is a matrix
+// product that reuses each loaded vector several times, and a 1-row tile (decode) streams W rows at
+// memory bandwidth. The quantised types have two paths with the same numbers: "rows" (lanes across 16
+// (avx512) or 8 (avx2) activation rows, activations repacked per call so that each 4-byte group of a
+// W row is broadcast to all of them) for nr >= LW__QROWS_MIN, and "cols" (lanes across 16 or 8 W rows:
+// per-row integer dots reduced into one vector per block by a transposition) for fewer rows.
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define LW__X86_KERNELS 1
+#include <cpuid.h>
+#include <immintrin.h>
+// GCC 12 and older warn about the deliberately undefined vectors inside its own AVX-512 intrinsics
+// when the translation unit is not compiled with -mavx512f (GCC bug 105593); they are not ours.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+#define LW__T512  __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+#define LW__TVNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+#define LW__T256  __attribute__((target("avx2,fma,f16c")))
+#define LW__INL   inline __attribute__((always_inline))
+#define LW__KEEP(v) __asm__("" : "+v"(v))   // v stays in a register (no effect on the value)
+#if defined(__clang__)
+#define LW__UNROLL _Pragma("unroll")
+#else
+#define LW__UNROLL _Pragma("GCC unroll 16")
+#endif
+
+enum {
+    LW__X_TILE_COLS = 64,   // nj per tile call: the W panel reused by every row of the call
+    LW__X_TILE_ROWS = 64,   // nr per tile call: float micro-tiles of 6 rows, int8 lane groups of 16 (avx2: 8)
+    LW__X_KC        = 512,  // float k-block: 6 x rows of 512 floats (12 KiB) stay in L1 across the panel
+    LW__X_KC_MIN    = 1024, // k above which a float tile with >= 6 rows is k-blocked
+    LW__QKB         = 8,    // int8 rows path: blocks of 32 per k-chunk (activations repacked per chunk)
+    LW__QROWS_MIN   = 4     // int8: nr from which the rows path is taken
+};
+
+static inline uint32_t lw__ld32(const void* p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint16_t lw__ld16(const void* p) { uint16_t v; memcpy(&v, p, 2); return v; }
+
+// ==================================================================================================
+// avx512: float-activation tiles (F32, F16, BF16 weights)
+// ==================================================================================================
+
+// 16 weights at p as floats; wt: 0 F32, 1 F16, 2 BF16 (a constant after inlining).
+LW__T512 static LW__INL __m512 lw__z_ldw(const uint8_t* p, int wt) {
+    if (wt == 0) return _mm512_loadu_ps(p);
+    __m256i h = _mm256_loadu_si256((const __m256i*)p);
+    if (wt == 1) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+// The same for the first bits of m (the rest read as 0; masked lanes are not touched in memory).
+LW__T512 static LW__INL __m512 lw__z_ldw_tail(const uint8_t* p, int wt, __mmask16 m) {
+    if (wt == 0) return _mm512_maskz_loadu_ps(m, p);
+    __m256i h = _mm256_maskz_loadu_epi16(m, p);
+    if (wt == 1) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+// lw__sum16's tree: l + l+8, then + 4, + 2, + 1.
+LW__T512 static LW__INL float lw__z_hsum(__m512 v) {
+    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    return _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)));
+}
+
+// Micro-tile of MJ W rows x MR x rows over the k-block [k0, k1): partial sums start at zero when k0 is
+// 0, else come from buf ([j][6][16] floats); at k1 == k the tail is added, the lanes reduced and the
+// results stored, else the sums go back to buf. MJ x MR accumulators + MJ weight vectors <= 28 zmm.
+LW__T512 static LW__INL void lw__z_fmicro(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int k0,
+                                         int k1, float* buf, float* y, size_t ys, int accumulate, const int wt,
+                                         const int MJ, const int MR) {
+    const size_t es = wt == 0 ? 4 : 2;
+    __m512 acc[4][6];
+    LW__UNROLL for (int j = 0; j < MJ; j++)
+        LW__UNROLL for (int r = 0; r < MR; r++)
+            acc[j][r] = k0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(buf + (j * 6 + r) * 16);
+    int kf = LW__MIN(k1, k & ~15), i = k0;
+    for (; i < kf; i += 16) {
+        __m512 wv[4];
+        LW__UNROLL for (int j = 0; j < MJ; j++) {
+            wv[j] = lw__z_ldw(w + (size_t)j * w_row + (size_t)i * es, wt);
+        }
+        LW__UNROLL for (int r = 0; r < MR; r++) {
+            __m512 xv = _mm512_loadu_ps((const float*)(x + (size_t)r * x_row) + i);
+            LW__KEEP(xv);   // one load for MJ FMAs (left alone, the compiler folds it into each of them)
+            LW__UNROLL for (int j = 0; j < MJ; j++) acc[j][r] = _mm512_fmadd_ps(wv[j], xv, acc[j][r]);
+        }
+    }
+    if (k1 < k) {
+        LW__UNROLL for (int j = 0; j < MJ; j++)
+            LW__UNROLL for (int r = 0; r < MR; r++) _mm512_storeu_ps(buf + (j * 6 + r) * 16, acc[j][r]);
+        return;
+    }
+    if (k & 15) {
+        __mmask16 m = (__mmask16)((1u << (k & 15)) - 1);
+        __m512 wv[4];
+        LW__UNROLL for (int j = 0; j < MJ; j++) wv[j] = lw__z_ldw_tail(w + (size_t)j * w_row + (size_t)i * es, wt, m);
+        LW__UNROLL for (int r = 0; r < MR; r++) {
+            __m512 xv = _mm512_maskz_loadu_ps(m, (const float*)(x + (size_t)r * x_row) + i);
+            LW__UNROLL for (int j = 0; j < MJ; j++) acc[j][r] = _mm512_fmadd_ps(wv[j], xv, acc[j][r]);
+        }
+    }
+    LW__UNROLL for (int r = 0; r < MR; r++)
+        LW__UNROLL for (int j = 0; j < MJ; j++) {
+            float v = lw__z_hsum(acc[j][r]), *o = y + (size_t)r * ys + j;
+            *o = accumulate ? *o + v : v;
+        }
+}
+
+// A float tile: rows in groups of 6 (then 4, 2, 1), W rows in groups of 4 (then 1). With many rows
+// and a long k, k is split in blocks of LW__X_KC so a group's x rows stay in L1 while the W panel
+// passes; the partial sums wait in buf between blocks (exact: only where they live changes).
+LW__T512 static LW__INL void lw__z_ftile(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj,
+                                        int nr, float* y, size_t ys, int accumulate, const int wt) {
+    float buf[LW__X_TILE_COLS * 6 * 16];
+    int kc = nr >= 6 && k > LW__X_KC_MIN && nj <= LW__X_TILE_COLS ? LW__X_KC : k;
+    for (int r0 = 0; r0 < nr;) {
+        int mr = nr - r0 >= 6 ? 6 : nr - r0 >= 4 ? 4 : nr - r0 >= 2 ? 2 : 1;
+        const uint8_t* xr = x + (size_t)r0 * x_row;
+        float* yr = y + (size_t)r0 * ys;
+        for (int k0 = 0; k0 < k; k0 += kc) {
+            int k1 = k - k0 > kc ? k0 + kc : k;
+            for (int j0 = 0; j0 < nj;) {
+                const uint8_t* wj = w + (size_t)j0 * w_row;
+                float* b = buf + j0 * 6 * 16;
+                if (nj - j0 >= 4 && nr >= 4) {   // (fewer rows: one W row at a time, one stream; see above)
+                    switch (mr) {
+                    case 6: lw__z_fmicro(wj, w_row, xr, x_row, k, k0, k1, b, yr + j0, ys, accumulate, wt, 4, 6); break;
+                    case 4: lw__z_fmicro(wj, w_row, xr, x_row, k, k0, k1, b, yr + j0, ys, accumulate, wt, 4, 4); break;
+                    case 2: lw__z_fmicro(wj, w_row, xr, x_row, k, k0, k1, b, yr + j0, ys, accumulate, wt, 4, 2); break;
+                    default: lw__z_fmicro(wj, w_row, xr, x_row, k, k0, k1, b, yr + j0, ys, accumulate, wt, 4, 1); break;
+                    }
+                    j0 += 4;
+                } else {
+                    switch (mr) {
+                    case 6: lw__z_fmicro(wj, w_row, xr, x_row, k, k0, k1, b, yr + j0, ys, accumulate, wt, 1, 6); break;
+                    case 4: lw__z_fmicro(wj, w_row, xr, x_row, k, k0, k1, b, yr + j0, ys, accumulate, wt, 1, 4); break;
+                    case 2: lw__z_fmicro(wj, w_row, xr, x_row, k, k0, k1, b, yr + j0, ys, accumulate, wt, 1, 2); break;
+                    default: lw__z_fmicro(wj, w_row, xr, x_row, k, k0, k1, b, yr + j0, ys, accumulate, wt, 1, 1); break;
+                    }
+                    j0 += 1;
+                }
+            }
+        }
+        r0 += mr;
+    }
+}
+
+LW__T512 static void lw__z_tile_f32(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
+                                    float* y, size_t ys, int accumulate) {
+    lw__z_ftile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 0);
+}
+LW__T512 static void lw__z_tile_f16(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
+                                    float* y, size_t ys, int accumulate) {
+    lw__z_ftile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 1);
+}
+LW__T512 static void lw__z_tile_bf16(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
+                                     float* y, size_t ys, int accumulate) {
+    lw__z_ftile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 2);
+}
+
+// ==================================================================================================
+// avx2: float-activation tiles. A pair's 16 lanes are two ymm (lanes 0-7, 8-15), so the numbers are
+// avx512's exactly. Micro-tile 2 W rows x 3 x rows: 12 accumulators + 4 weight vectors = 16 ymm.
+// ==================================================================================================
+
+LW__T256 static LW__INL __m256 lw__y_ldw(const uint8_t* p, int wt) {   // 8 weights as floats
+    if (wt == 0) return _mm256_loadu_ps((const float*)p);
+    __m128i h = _mm_loadu_si128((const __m128i*)p);
+    if (wt == 1) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+LW__T256 static LW__INL float lw__y_hsum(__m256 lo, __m256 hi) {   // lw__sum16's tree over lo (0-7), hi (8-15)
+    __m256 a = _mm256_add_ps(lo, hi);
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    return _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)));
+}
+
+LW__T256 static LW__INL void lw__y_fmicro(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int k0,
+                                         int k1, float* buf, float* y, size_t ys, int accumulate, const int wt,
+                                         const int MJ, const int MR) {
+    const size_t es = wt == 0 ? 4 : 2;
+    __m256 acc[2][3][2];
+    LW__UNROLL for (int j = 0; j < MJ; j++)
+        LW__UNROLL for (int r = 0; r < MR; r++)
+            LW__UNROLL for (int h = 0; h < 2; h++)
+                acc[j][r][h] = k0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(buf + (j * 6 + r) * 16 + h * 8);
+    int kf = LW__MIN(k1, k & ~15), i = k0;
+    for (; i < kf; i += 16) {
+        __m256 wv[2][2];
+        LW__UNROLL for (int j = 0; j < MJ; j++)
+            LW__UNROLL for (int h = 0; h < 2; h++) wv[j][h] = lw__y_ldw(w + (size_t)j * w_row + (size_t)(i + 8 * h) * es, wt);
+        LW__UNROLL for (int r = 0; r < MR; r++)
+            LW__UNROLL for (int h = 0; h < 2; h++) {
+                __m256 xv = _mm256_loadu_ps((const float*)(x + (size_t)r * x_row) + i + 8 * h);
+                LW__UNROLL for (int j = 0; j < MJ; j++) acc[j][r][h] = _mm256_fmadd_ps(wv[j][h], xv, acc[j][r][h]);
+            }
+    }
+    if (k1 < k) {
+        LW__UNROLL for (int j = 0; j < MJ; j++)
+            LW__UNROLL for (int r = 0; r < MR; r++)
+                LW__UNROLL for (int h = 0; h < 2; h++) _mm256_storeu_ps(buf + (j * 6 + r) * 16 + h * 8, acc[j][r][h]);
+        return;
+    }
+    if (k & 15) {   // the last partial chunk, through zero-padded copies (AVX2 has no 16-bit masked load)
+        int n = k & 15;
+        uint8_t tw[2][64];
+        float tx[3][16];
+        __m256 wv[2][2];
+        LW__UNROLL for (int j = 0; j < MJ; j++) {
+            memset(tw[j], 0, sizeof tw[j]);
+            memcpy(tw[j], w + (size_t)j * w_row + (size_t)i * es, (size_t)n * es);
+            LW__UNROLL for (int h = 0; h < 2; h++) wv[j][h] = lw__y_ldw(tw[j] + 8 * h * es, wt);
+        }
+        LW__UNROLL for (int r = 0; r < MR; r++) {
+            memset(tx[r], 0, sizeof tx[r]);
+            memcpy(tx[r], (const float*)(x + (size_t)r * x_row) + i, (size_t)n * 4);
+            LW__UNROLL for (int h = 0; h < 2; h++) {
+                __m256 xv = _mm256_loadu_ps(tx[r] + 8 * h);
+                LW__UNROLL for (int j = 0; j < MJ; j++) acc[j][r][h] = _mm256_fmadd_ps(wv[j][h], xv, acc[j][r][h]);
+            }
+        }
+    }
+    LW__UNROLL for (int r = 0; r < MR; r++)
+        LW__UNROLL for (int j = 0; j < MJ; j++) {
+            float v = lw__y_hsum(acc[j][r][0], acc[j][r][1]), *o = y + (size_t)r * ys + j;
+            *o = accumulate ? *o + v : v;
+        }
+}
+
+LW__T256 static LW__INL void lw__y_ftile(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj,
+                                        int nr, float* y, size_t ys, int accumulate, const int wt) {
+    float buf[LW__X_TILE_COLS * 6 * 16];
+    int kc = nr >= 3 && k > LW__X_KC_MIN && nj <= LW__X_TILE_COLS ? LW__X_KC : k;
+    for (int r0 = 0; r0 < nr;) {
+        int mr = nr - r0 >= 3 ? 3 : nr - r0;
+        const uint8_t* xr = x + (size_t)r0 * x_row;
+        float* yr = y + (size_t)r0 * ys;
+        for (int k0 = 0; k0 < k; k0 += kc) {
+            int k1 = k - k0 > kc ? k0 + kc : k;
+            for (int j0 = 0; j0 < nj;) {
+                const uint8_t* wj = w + (size_t)j0 * w_row;
+                float* b = buf + j0 * 6 * 16;
+                if (nj - j0 >= 2 && nr >= 3) {
+                    switch (mr) {
+                    case 3: lw__y_fmicro(wj, w_row, xr, x_row, k, k0, k1, b, yr + j0, ys, accumulate, wt, 2, 3); break;
+                    case 2: lw__y_fmicro(wj, w_row, xr, x_row, k, k0, k1, b, yr + j0, ys, accumulate, wt, 2, 2); break;
+                    default: lw__y_fmicro(wj, w_row, xr, x_row, k, k0, k1, b, yr + j0, ys, accumulate, wt, 2, 1); break;
+                    }
+                    j0 += 2;
+                } else {
+                    switch (mr) {
+                    case 3: lw__y_fmicro(wj, w_row, xr, x_row, k, k0, k1, b, yr + j0, ys, accumulate, wt, 1, 3); break;
+                    case 2: lw__y_fmicro(wj, w_row, xr, x_row, k, k0, k1, b, yr + j0, ys, accumulate, wt, 1, 2); break;
+                    default: lw__y_fmicro(wj, w_row, xr, x_row, k, k0, k1, b, yr + j0, ys, accumulate, wt, 1, 1); break;
+                    }
+                    j0 += 1;
+                }
+            }
+        }
+        r0 += mr;
+    }
+}
+
+LW__T256 static void lw__y_tile_f32(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
+                                    float* y, size_t ys, int accumulate) {
+    lw__y_ftile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 0);
+}
+LW__T256 static void lw__y_tile_f16(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
+                                    float* y, size_t ys, int accumulate) {
+    lw__y_ftile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 1);
+}
+LW__T256 static void lw__y_tile_bf16(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
+                                     float* y, size_t ys, int accumulate) {
+    lw__y_ftile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 2);
+}
+
+// ==================================================================================================
+// avx512 + VNNI: Q8_0 and Q4_0 weights against Q8_0 activations
+//
+// VPDPBUSD multiplies unsigned by signed bytes and adds each 4 adjacent products into a 32-bit lane,
+// exactly. Both paths take the weights as the unsigned side, Q8_0 as w + 128 (w ^ 0x80), Q4_0 as the
+// nibble q, and the activations x as they are, so the lane sums are sum w x + c * sum x with c = 128
+// (Q8_0) or, for Q4_0's sum (q - 8) x, the sum q x - 8 sum x: the accumulator starts at -c * sum x,
+// which depends on the activations only (computed once per call and shared by every W row).
+// ==================================================================================================
+
+enum { LW__VNG = LW__X_TILE_ROWS / 16 };   // lane groups of 16 rows in one pass of the rows path
+
+// Activation rows [0, nr) (rows past nr repeat row nr-1; their lanes are never stored), blocks
+// [b0, b0 + kb), repacked for the rows path: X[(g*QKB + bi)*8 + q] holds, in lane l, bytes 4q..4q+3 of
+// row 16g+l's block; XC[g*QKB + bi] lane l = -c * the block's sum; DX its scale. The 16 x 8
+// transposition of 32-bit groups: Z_i = [row a | row a+4] for a = 0,1,2,3,8,9,10,11, interleaved by 32
+// then 64 bits, then 128-bit chunks picked so that the lanes come out in row order.
+LW__TVNNI static void lw__v_repack(const uint8_t* x, size_t x_row, int nr, int b0, int kb, int q4, __m512i* X, __m512i* XC,
+                                   __m512* DX) {
+    static const int a[8] = { 0, 1, 2, 3, 8, 9, 10, 11 };
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (int g = 0; g * 16 < nr; g++) {
+        const uint8_t* rp[16];
+        int32_t idx[16];
+        for (int l = 0; l < 16; l++) {
+            int rr = LW__MIN(g * 16 + l, nr - 1);
+            rp[l] = x + (size_t)rr * x_row;
+            idx[l] = (int32_t)((size_t)(rr - g * 16) * x_row);
+        }
+        __m512i vidx = _mm512_loadu_si512(idx);
+        for (int bi = 0; bi < kb; bi++) {
+            size_t off = (size_t)(b0 + bi) * 34;
+            __m512i dd = _mm512_i32gather_epi32(vidx, (const void*)(rp[0] + off), 1);
+            DX[g * LW__QKB + bi] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd));
+            __m512i Z[8], T[8], U[8];
+            for (int i = 0; i < 8; i++)
+                Z[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(rp[a[i]] + off + 2))),
+                                          _mm256_loadu_si256((const __m256i*)(rp[a[i] + 4] + off + 2)), 1);
+            for (int h = 0; h < 2; h++) {
+                T[4 * h + 0] = _mm512_unpacklo_epi32(Z[4 * h + 0], Z[4 * h + 1]);
+                T[4 * h + 1] = _mm512_unpackhi_epi32(Z[4 * h + 0], Z[4 * h + 1]);
+                T[4 * h + 2] = _mm512_unpacklo_epi32(Z[4 * h + 2], Z[4 * h + 3]);
+                T[4 * h + 3] = _mm512_unpackhi_epi32(Z[4 * h + 2], Z[4 * h + 3]);
+                U[4 * h + 0] = _mm512_unpacklo_epi64(T[4 * h + 0], T[4 * h + 2]);
+                U[4 * h + 1] = _mm512_unpackhi_epi64(T[4 * h + 0], T[4 * h + 2]);
+                U[4 * h + 2] = _mm512_unpacklo_epi64(T[4 * h + 1], T[4 * h + 3]);
+                U[4 * h + 3] = _mm512_unpackhi_epi64(T[4 * h + 1], T[4 * h + 3]);
+            }
+            __m512i* G = X + (size_t)(g * LW__QKB + bi) * 8;
+            __m512i sum = _mm512_setzero_si512();
+            for (int p = 0; p < 4; p++) {
+                G[p] = _mm512_shuffle_i32x4(U[p], U[4 + p], 0x88);
+                G[4 + p] = _mm512_shuffle_i32x4(U[p], U[4 + p], 0xDD);
+                sum = _mm512_dpbusd_epi32(sum, ones, G[p]);
+                sum = _mm512_dpbusd_epi32(sum, ones, G[4 + p]);
+            }
+            XC[g * LW__QKB + bi] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sum, q4 ? 3 : 7));
+        }
+    }
+}
+
+// One W row against NG lane groups of repacked rows over kb blocks: wu[bi] the block's 32 weights as
+// unsigned bytes, dw[bi] its scale. The sums start at zero (first chunk) or come from accb, and go
+// back to accb (the last chunk's are the results, written out by lw__v_rows_out).
+LW__TVNNI static LW__INL void lw__v_rows_j(const uint8_t (*wu)[32], const float* dw, int kb, const __m512i* X, const __m512i* XC,
+                                          const __m512* DX, __m512* accb, int first, const int NG) {
+    __m512 acc[LW__VNG];
+    LW__UNROLL for (int g = 0; g < NG; g++) acc[g] = first ? _mm512_setzero_ps() : accb[g];
+    for (int bi = 0; bi < kb; bi++) {
+        __m512i wb[8];
+        LW__UNROLL for (int q = 0; q < 8; q++) wb[q] = _mm512_set1_epi32((int)lw__ld32(wu[bi] + 4 * q));
+        __m512 d = _mm512_set1_ps(dw[bi]);
+        LW__UNROLL for (int g = 0; g < NG; g++) {
+            const __m512i* xg = X + (size_t)(g * LW__QKB + bi) * 8;
+            __m512i s0 = XC[g * LW__QKB + bi], s1 = _mm512_setzero_si512();
+            s0 = _mm512_dpbusd_epi32(s0, wb[0], xg[0]);
+            s1 = _mm512_dpbusd_epi32(s1, wb[1], xg[1]);
+            s0 = _mm512_dpbusd_epi32(s0, wb[2], xg[2]);
+            s1 = _mm512_dpbusd_epi32(s1, wb[3], xg[3]);
+            s0 = _mm512_dpbusd_epi32(s0, wb[4], xg[4]);
+            s1 = _mm512_dpbusd_epi32(s1, wb[5], xg[5]);
+            s0 = _mm512_dpbusd_epi32(s0, wb[6], xg[6]);
+            s1 = _mm512_dpbusd_epi32(s1, wb[7], xg[7]);
+            __m512 f = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+            acc[g] = _mm512_fmadd_ps(f, _mm512_mul_ps(d, DX[g * LW__QKB + bi]), acc[g]);
+        }
+    }
+    LW__UNROLL for (int g = 0; g < NG; g++) accb[g] = acc[g];
+}
+
+// 16 x 16 floats: rows in[i] -> columns (out[l] lane i = in[i] lane l).
+LW__T512 static LW__INL void lw__z_transpose16(const __m512* in, __m512* out) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(in[i], in[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(in[i], in[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        u[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    // u[4a + p] chunk c: rows 4a..4a+3, column 4c + p
+    for (int p = 0; p < 4; p++) {
+        __m512 a0 = _mm512_shuffle_f32x4(u[p], u[4 + p], _MM_SHUFFLE(2, 0, 2, 0));      // rows 0-3 c0, c2 | rows 4-7 c0, c2
+        __m512 a1 = _mm512_shuffle_f32x4(u[8 + p], u[12 + p], _MM_SHUFFLE(2, 0, 2, 0));  // rows 8-15 likewise
+        __m512 b0 = _mm512_shuffle_f32x4(u[p], u[4 + p], _MM_SHUFFLE(3, 1, 3, 1));
+        __m512 b1 = _mm512_shuffle_f32x4(u[8 + p], u[12 + p], _MM_SHUFFLE(3, 1, 3, 1));
+        out[p] = _mm512_shuffle_f32x4(a0, a1, _MM_SHUFFLE(2, 0, 2, 0));       // column p
+        out[8 + p] = _mm512_shuffle_f32x4(a0, a1, _MM_SHUFFLE(3, 1, 3, 1));   // column 8 + p
+        out[4 + p] = _mm512_shuffle_f32x4(b0, b1, _MM_SHUFFLE(2, 0, 2, 0));   // column 4 + p
+        out[12 + p] = _mm512_shuffle_f32x4(b0, b1, _MM_SHUFFLE(3, 1, 3, 1));  // column 12 + p
+    }
+}
+
+// The results of mj W rows x mr activation rows, acc[j * VNG + g] lane l = (W row j, row 16g + l), to
+// y[r][j] (row stride ys), 16 x 16 at a time through a transposition.
+LW__T512 static void lw__v_rows_out(const __m512* acc, int mj, int mr, float* y, size_t ys, int accumulate) {
+    for (int g = 0; g * 16 < mr; g++)
+        for (int j0 = 0; j0 < mj; j0 += 16) {
+            __m512 in[16], out[16];
+            int nj = LW__MIN(16, mj - j0), nrr = LW__MIN(16, mr - 16 * g);
+            for (int i = 0; i < 16; i++) in[i] = acc[(size_t)(j0 + LW__MIN(i, nj - 1)) * LW__VNG + g];
+            lw__z_transpose16(in, out);
+            __mmask16 m = (__mmask16)((1u << nj) - 1);
+            for (int l = 0; l < nrr; l++) {
+                float* o = y + (size_t)(16 * g + l) * ys + j0;
+                __m512 v = out[l];
+                if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, o), v);
+                _mm512_mask_storeu_ps(o, m, v);
+            }
+        }
+}
+
+// The rows path: for each k-chunk of QKB blocks, repack the activations, then every W row of the tile
+// passes over them. At most LW__X_TILE_ROWS rows and LW__X_TILE_COLS W rows at a time (the buffers).
+LW__TVNNI static LW__INL void lw__v_rows(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
+                                        float* y, size_t ys, int accumulate, const int q4) {
+    __m512i X[LW__VNG * LW__QKB * 8], XC[LW__VNG * LW__QKB];
+    __m512 DX[LW__VNG * LW__QKB];
+    __m512 ACC[LW__X_TILE_COLS * LW__VNG];
+    uint8_t wu[LW__QKB][32];
+    float dw[LW__QKB];
+    const int nb = k / 32;
+    const size_t bs = q4 ? 18 : 34;
+    for (int r0 = 0; r0 < nr; r0 += LW__X_TILE_ROWS) {
+        int mr = LW__MIN(LW__X_TILE_ROWS, nr - r0), ng = (mr + 15) / 16;
+        for (int j0 = 0; j0 < nj; j0 += LW__X_TILE_COLS) {
+            int mj = LW__MIN(LW__X_TILE_COLS, nj - j0);
+            for (int b0 = 0; b0 < nb; b0 += LW__QKB) {
+                int kb = LW__MIN(LW__QKB, nb - b0), first = b0 == 0, last = b0 + kb >= nb;
+                lw__v_repack(x + (size_t)r0 * x_row, x_row, mr, b0, kb, q4, X, XC, DX);
+                for (int j = 0; j < mj; j++) {
+                    const uint8_t* wr = w + (size_t)(j0 + j) * w_row + (size_t)b0 * bs;
+                    uint16_t dh[LW__QKB];
+                    for (int bi = 0; bi < kb; bi++) {
+                        const uint8_t* blk = wr + (size_t)bi * bs;
+                        dh[bi] = lw__ld16(blk);
+                        __m256i v;
+                        if (q4) {
+                            __m128i q = _mm_loadu_si128((const __m128i*)(blk + 2)), m = _mm_set1_epi8(15);
+                            v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m), _mm_and_si128(q, m));
+                        } else {
+                            v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(blk + 2)), _mm256_set1_epi8((char)0x80));
+                        }
+                        _mm256_storeu_si256((__m256i*)wu[bi], v);
+                    }
+                    _mm256_storeu_ps(dw, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)dh)));   // (lanes past kb unused)
+                    __m512* accb = ACC + j * LW__VNG;
+                    switch (ng) {
+                    case 1: lw__v_rows_j(wu, dw, kb, X, XC, DX, accb, first, 1); break;
+                    case 2: lw__v_rows_j(wu, dw, kb, X, XC, DX, accb, first, 2); break;
+                    case 3: lw__v_rows_j(wu, dw, kb, X, XC, DX, accb, first, 3); break;
+                    default: lw__v_rows_j(wu, dw, kb, X, XC, DX, accb, first, 4); break;
+                    }
+                }
+                if (last) lw__v_rows_out(ACC, mj, mr, y + (size_t)r0 * ys + j0, ys, accumulate);
+            }
+        }
+    }
+}
+
+// The cols path (few activation rows: decode). W rows are read one after the other, a piece of up to
+// 32 blocks at a time (one sequential stream per thread: interleaving several rows' streams costs
+// bandwidth): each block pair's integer dot is one VPDPBUSD into a vector of per-lane sums, kept for 16
+// W rows; then, per block pair, the 16 rows' vectors are reduced by a transposition into one vector
+// per block (lane = W row), and the float chain runs on those, block by block. The W scales are
+// staged with 2-byte stores as [block][row] and read back as vectors after the 16 rows.
+//
+// lw__v_treduce: 16 vectors (W rows j..j+15, two blocks each: Q8_0 block b in 128-bit chunks 0,1 and
+// b+1 in 2,3; Q4_0: b in 0,2, b+1 in 1,3) -> one vector per block, lane = W row.
+LW__TVNNI static LW__INL void lw__v_treduce(const __m512i* I, size_t stride, __m512i* sb, __m512i* sb1, const int q4) {
+    __m512i A[8], B[4], C[2];
+    LW__UNROLL for (int a = 0; a < 8; a++) {
+        __m512i u = I[(size_t)(2 * a) * stride], v = I[(size_t)(2 * a + 1) * stride];
+        A[a] = _mm512_add_epi32(_mm512_unpacklo_epi32(u, v), _mm512_unpackhi_epi32(u, v));
+    }
+    LW__UNROLL for (int b = 0; b < 4; b++)   // B[b] chunk c lane i: W row 4b+i's chunk c sum
+        B[b] = _mm512_add_epi32(_mm512_unpacklo_epi64(A[2 * b], A[2 * b + 1]), _mm512_unpackhi_epi64(A[2 * b], A[2 * b + 1]));
+    LW__UNROLL for (int c = 0; c < 2; c++)
+        C[c] = q4 ? _mm512_add_epi32(_mm512_shuffle_i32x4(B[2 * c], B[2 * c + 1], 0x44), _mm512_shuffle_i32x4(B[2 * c], B[2 * c + 1], 0xEE))
+                  : _mm512_add_epi32(_mm512_shuffle_i32x4(B[2 * c], B[2 * c + 1], 0x88), _mm512_shuffle_i32x4(B[2 * c], B[2 * c + 1], 0xDD));
+    *sb = _mm512_shuffle_i32x4(C[0], C[1], 0x88);    // [rows 0-3, 4-7, 8-11, 12-15] of block b
+    *sb1 = _mm512_shuffle_i32x4(C[0], C[1], 0xDD);   // the same of block b+1
+}
+
+enum { LW__VCP = 16 };
+
+// One W row's block pair at q (two: the second block exists) against the activations X with their
+// corrections NC: the per-lane sums to *out, the two scales to *d0, *d1 (0 for a missing block).
+LW__TVNNI static LW__INL void lw__v_pair(const uint8_t* q, int two, __m512i X, __m512i NC, __m512i* out, uint16_t* d0, uint16_t* d1,
+                                        const int q4) {
+    const size_t bs = q4 ? 18 : 34;
+    __m512i wu;
+    if (q4) {
+        __m128i qa = _mm_loadu_si128((const __m128i*)(q + 2));
+        __m128i qb = two ? _mm_loadu_si128((const __m128i*)(q + 20)) : _mm_setzero_si128();
+        __m256i v = _mm256_set_m128i(qb, qa);
+        wu = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1), _mm512_set1_epi8(15));
+    } else {
+        __m256i wa = _mm256_loadu_si256((const __m256i*)(q + 2));
+        __m256i wb = two ? _mm256_loadu_si256((const __m256i*)(q + 36)) : _mm256_setzero_si256();
+        wu = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(wa), wb, 1), _mm512_set1_epi8((char)0x80));
+    }
+    *out = _mm512_dpbusd_epi32(NC, wu, X);
+    *d0 = lw__ld16(q);
+    *d1 = two ? lw__ld16(q + bs) : 0;
+}   // cols path: block pairs per piece of a W row (32 blocks, 1024 weights)
+
+LW__TVNNI static LW__INL void lw__v_cols(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
+                                        float* y, size_t ys, int accumulate, const int q4) {
+    const int nb = k / 32;
+    const size_t bs = q4 ? 18 : 34;
+    const __m512i cu = _mm512_set1_epi8(q4 ? 8 : (char)0x80);   // as unsigned: 8 or 128
+    __m512i X[LW__VCP], NC[LW__VCP], I[16 * LW__VCP];
+    __m512 ACC[LW__X_TILE_COLS / 16];
+    float DXF[2 * LW__VCP];
+    uint16_t DH[2 * LW__VCP][16];
+    for (int r = 0; r < nr; r++) {
+        const uint8_t* xr = x + (size_t)r * x_row;
+        for (int c0 = 0; c0 < nb; c0 += 2 * LW__VCP) {
+            int kb = LW__MIN(2 * LW__VCP, nb - c0), np = (kb + 1) / 2;
+            // the activations: pairs of blocks, their corrections -c * sum x, the scales
+            for (int p = 0; p < np; p++) {
+                int b = c0 + 2 * p, two = b + 1 < nb;
+                __m256i xa = _mm256_loadu_si256((const __m256i*)(xr + (size_t)b * 34 + 2));
+                __m256i xb = two ? _mm256_loadu_si256((const __m256i*)(xr + (size_t)(b + 1) * 34 + 2)) : _mm256_setzero_si256();
+                __m512i xv = _mm512_inserti64x4(_mm512_castsi256_si512(xa), xb, 1);
+                if (q4) xv = _mm512_shuffle_i32x4(xv, xv, _MM_SHUFFLE(3, 1, 2, 0));
+                X[p] = xv;
+                NC[p] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), cu, xv));
+            }
+            for (int b = 0; b < kb; b++) DXF[b] = _cvtsh_ss(lw__ld16(xr + (size_t)(c0 + b) * 34));
+            for (int j0 = 0; j0 < nj; j0 += 16) {
+                int m = LW__MIN(16, nj - j0);
+                // the W rows of the group, one after the other
+                for (int jj = 0; jj < 16; jj++) {
+                    const uint8_t* wr = w + (size_t)(j0 + LW__MIN(jj, m - 1)) * w_row + (size_t)c0 * bs;
+                    if (kb == 2 * LW__VCP) {
+                        LW__UNROLL for (int p = 0; p < LW__VCP; p++) lw__v_pair(wr + (size_t)(2 * p) * bs, 1, X[p], NC[p], &I[p * 16 + jj], DH[2 * p] + jj, DH[2 * p + 1] + jj, q4);
+                    } else {
+                        for (int p = 0; p < np; p++) lw__v_pair(wr + (size_t)(2 * p) * bs, 2 * p + 1 < kb, X[p], NC[p], &I[p * 16 + jj], DH[2 * p] + jj, DH[2 * p + 1] + jj, q4);
+                    }
+                }
+                // per block pair: lanes = W rows, then the float chain, block by block
+                __m512 acc = c0 == 0 ? _mm512_setzero_ps() : ACC[j0 / 16];
+                for (int p = 0; p < np; p++) {
+                    __m512i sb, sb1;
+                    lw__v_treduce(I + p * 16, 1, &sb, &sb1, q4);
+                    __m512 s = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)DH[2 * p])), _mm512_set1_ps(DXF[2 * p]));
+                    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sb), s, acc);
+                    if (2 * p + 1 < kb) {
+                        s = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)DH[2 * p + 1])), _mm512_set1_ps(DXF[2 * p + 1]));
+                        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sb1), s, acc);
+                    }
+                }
+                if (c0 + 2 * LW__VCP < nb) { ACC[j0 / 16] = acc; continue; }
+                float* o = y + (size_t)r * ys + j0;
+                __mmask16 mk = (__mmask16)((1u << m) - 1);
+                if (accumulate) acc = _mm512_add_ps(_mm512_maskz_loadu_ps(mk, o), acc);
+                _mm512_mask_storeu_ps(o, mk, acc);
+            }
+        }
+    }
+}
+
+LW__TVNNI static void lw__v_tile_q8_0(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
+                                      float* y, size_t ys, int accumulate) {
+    if (nr >= LW__QROWS_MIN) lw__v_rows(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 0);
+    else lw__v_cols(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 0);
+}
+LW__TVNNI static void lw__v_tile_q4_0(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
+                                      float* y, size_t ys, int accumulate) {
+    if (nr >= LW__QROWS_MIN) lw__v_rows(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 1);
+    else lw__v_cols(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 1);
+}
+
+// ==================================================================================================
+// avx2: Q8_0 and Q4_0 (also the avx512 set's where the CPU has no VNNI). VPMADDUBSW multiplies unsigned
+// by signed bytes into saturating 16-bit pair sums, so: Q8_0 as |w| times x with w's sign (at most
+// 2 * 128 * 127, no saturation), Q4_0 as the unsigned nibble times x (up to 8 such pair sums fit in
+// 16 bits before VPMADDWD widens them), less 8 * sum x. The rows path has 8 lanes (activation rows),
+// the cols path 8 W rows.
+// ==================================================================================================
+
+enum { LW__YROWS_MIN = 6, LW__YNG = LW__X_TILE_ROWS / 8 };
+
+LW__T256 static LW__INL int lw__y_sum_s8(__m256i v) {
+    __m256i s = _mm256_sad_epu8(_mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)), _mm256_setzero_si256());
+    __m128i t = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    t = _mm_add_epi64(t, _mm_unpackhi_epi64(t, t));
+    return _mm_cvtsi128_si32(t) - 4096;
+}
+// 8 halves, each the low 16 bits of a 32-bit lane, as floats.
+LW__T256 static LW__INL __m256 lw__y_half_lanes(__m256i g) {
+    const __m256i sh = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,
+                                        0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1);
+    __m256i h = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(g, sh), 0x08);
+    return _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+}
+
+// Rows [0, nr) (past nr: row nr-1 again), blocks [b0, b0 + kb): X[(g*QKB + bi)*8 + q] lane l = bytes
+// 4q..4q+3 of row 8g+l's block (as they are), DX its scale, XS = -8 * the block's sum (Q4_0).
+LW__T256 static void lw__y_repack(const uint8_t* x, size_t x_row, int nr, int b0, int kb, __m256i* X, __m256* DX, __m256i* XS) {
+    for (int g = 0; g * 8 < nr; g++) {
+        const uint8_t* rp[8];
+        for (int l = 0; l < 8; l++) rp[l] = x + (size_t)LW__MIN(g * 8 + l, nr - 1) * x_row;
+        for (int bi = 0; bi < kb; bi++) {
+            size_t off = (size_t)(b0 + bi) * 34;
+            __m256i Z[8], T[8], U[8];
+            float d[8];
+            int32_t s[8];
+            for (int i = 0; i < 8; i++) {
+                Z[i] = _mm256_loadu_si256((const __m256i*)(rp[i] + off + 2));
+                d[i] = _cvtsh_ss(lw__ld16(rp[i] + off));
+                s[i] = -8 * lw__y_sum_s8(Z[i]);
+            }
+            DX[g * LW__QKB + bi] = _mm256_loadu_ps(d);
+            XS[g * LW__QKB + bi] = _mm256_loadu_si256((const __m256i*)s);
+            for (int h = 0; h < 2; h++) {
+                T[4 * h + 0] = _mm256_unpacklo_epi32(Z[4 * h + 0], Z[4 * h + 1]);
+                T[4 * h + 1] = _mm256_unpackhi_epi32(Z[4 * h + 0], Z[4 * h + 1]);
+                T[4 * h + 2] = _mm256_unpacklo_epi32(Z[4 * h + 2], Z[4 * h + 3]);
+                T[4 * h + 3] = _mm256_unpackhi_epi32(Z[4 * h + 2], Z[4 * h + 3]);
+                U[4 * h + 0] = _mm256_unpacklo_epi64(T[4 * h + 0], T[4 * h + 2]);
+                U[4 * h + 1] = _mm256_unpackhi_epi64(T[4 * h + 0], T[4 * h + 2]);
+                U[4 * h + 2] = _mm256_unpacklo_epi64(T[4 * h + 1], T[4 * h + 3]);
+                U[4 * h + 3] = _mm256_unpackhi_epi64(T[4 * h + 1], T[4 * h + 3]);
+            }
+            __m256i* G = X + (size_t)(g * LW__QKB + bi) * 8;
+            for (int p = 0; p < 4; p++) {
+                G[p] = _mm256_permute2x128_si256(U[p], U[4 + p], 0x20);
+                G[4 + p] = _mm256_permute2x128_si256(U[p], U[4 + p], 0x31);
+            }
+        }
+    }
+}
+
+// One W row against NG lane groups of 8 rows. Q8_0: wa[bi] = |w| bytes, ws[bi] = w bytes; Q4_0:
+// wa[bi] = the 32 nibbles (unsigned), and XS adds -8 * sum x.
+LW__T256 static LW__INL void lw__y_rows_j(const uint8_t* const* wa, const uint8_t* const* ws, const float* dw, int kb,
+                                         const __m256i* X, const __m256* DX, const __m256i* XS, __m256* accb, int first,
+                                         int last, float* y, size_t ys, int nr, int accumulate, const int q4, const int NG) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[LW__YNG];
+    LW__UNROLL for (int g = 0; g < NG; g++) acc[g] = first ? _mm256_setzero_ps() : accb[g];
+    for (int bi = 0; bi < kb; bi++) {
+        __m256 d = _mm256_set1_ps(dw[bi]);
+        LW__UNROLL for (int g = 0; g < NG; g++) {
+            const __m256i* xg = X + (size_t)(g * LW__QKB + bi) * 8;
+            __m256i s;
+            if (q4) {
+                __m256i h = _mm256_setzero_si256();
+                LW__UNROLL for (int q = 0; q < 8; q++)
+                    h = _mm256_add_epi16(h, _mm256_maddubs_epi16(_mm256_set1_epi32((int)lw__ld32(wa[bi] + 4 * q)), xg[q]));
+                s = _mm256_add_epi32(_mm256_madd_epi16(h, ones), XS[g * LW__QKB + bi]);
+            } else {
+                __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+                LW__UNROLL for (int q = 0; q < 8; q += 2) {
+                    __m256i a0 = _mm256_set1_epi32((int)lw__ld32(wa[bi] + 4 * q)), w0 = _mm256_set1_epi32((int)lw__ld32(ws[bi] + 4 * q));
+                    __m256i a1 = _mm256_set1_epi32((int)lw__ld32(wa[bi] + 4 * q + 4)), w1 = _mm256_set1_epi32((int)lw__ld32(ws[bi] + 4 * q + 4));
+                    s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(xg[q], w0)), ones));
+                    s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(xg[q + 1], w1)), ones));
+                }
+                s = _mm256_add_epi32(s0, s1);
+            }
+            acc[g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, DX[g * LW__QKB + bi]), acc[g]);
+        }
+    }
+    if (!last) {
+        LW__UNROLL for (int g = 0; g < NG; g++) accb[g] = acc[g];
+        return;
+    }
+    LW__UNROLL for (int g = 0; g < NG; g++) {
+        float t[8];
+        _mm256_storeu_ps(t, acc[g]);
+        for (int l = 0; l < 8 && g * 8 + l < nr; l++) {
+            float* o = y + (size_t)(g * 8 + l) * ys;
+            *o = accumulate ? *o + t[l] : t[l];
+        }
+    }
+}
+
+LW__T256 static LW__INL void lw__y_rows(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
+                                        float* y, size_t ys, int accumulate, const int q4) {
+    __m256i X[LW__YNG * LW__QKB * 8], XS[LW__YNG * LW__QKB];
+    __m256 DX[LW__YNG * LW__QKB];
+    __m256 ACC[LW__X_TILE_COLS * LW__YNG];
+    uint8_t wab[LW__QKB][32];
+    const uint8_t* wa[LW__QKB];
+    const uint8_t* ws[LW__QKB];
+    float dw[LW__QKB];
+    const int nb = k / 32;
+    const size_t bs = q4 ? 18 : 34;
+    for (int r0 = 0; r0 < nr; r0 += LW__X_TILE_ROWS) {
+        int mr = LW__MIN(LW__X_TILE_ROWS, nr - r0), ng = (mr + 7) / 8;
+        for (int j0 = 0; j0 < nj; j0 += LW__X_TILE_COLS) {
+            int mj = LW__MIN(LW__X_TILE_COLS, nj - j0);
+            for (int b0 = 0; b0 < nb; b0 += LW__QKB) {
+                int kb = LW__MIN(LW__QKB, nb - b0), first = b0 == 0, last = b0 + kb >= nb;
+                lw__y_repack(x + (size_t)r0 * x_row, x_row, mr, b0, kb, X, DX, XS);
+                for (int j = 0; j < mj; j++) {
+                    const uint8_t* wr = w + (size_t)(j0 + j) * w_row + (size_t)b0 * bs;
+                    for (int bi = 0; bi < kb; bi++) {
+                        const uint8_t* blk = wr + (size_t)bi * bs;
+                        dw[bi] = _cvtsh_ss(lw__ld16(blk));
+                        if (q4) {
+                            __m128i q = _mm_loadu_si128((const __m128i*)(blk + 2)), m = _mm_set1_epi8(15);
+                            _mm256_storeu_si256((__m256i*)wab[bi], _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m), _mm_and_si128(q, m)));
+                        } else {
+                            _mm256_storeu_si256((__m256i*)wab[bi], _mm256_abs_epi8(_mm256_loadu_si256((const __m256i*)(blk + 2))));
+                        }
+                        wa[bi] = wab[bi];
+                        ws[bi] = blk + 2;
+                    }
+                    float* yj = y + (size_t)r0 * ys + j0 + j;
+                    __m256* accb = ACC + j * LW__YNG;
+                    switch (ng) {
+                    case 1: lw__y_rows_j(wa, ws, dw, kb, X, DX, XS, accb, first, last, yj, ys, mr, accumulate, q4, 1); break;
+                    case 2: lw__y_rows_j(wa, ws, dw, kb, X, DX, XS, accb, first, last, yj, ys, mr, accumulate, q4, 2); break;
+                    case 3: lw__y_rows_j(wa, ws, dw, kb, X, DX, XS, accb, first, last, yj, ys, mr, accumulate, q4, 3); break;
+                    case 4: lw__y_rows_j(wa, ws, dw, kb, X, DX, XS, accb, first, last, yj, ys, mr, accumulate, q4, 4); break;
+                    case 5: lw__y_rows_j(wa, ws, dw, kb, X, DX, XS, accb, first, last, yj, ys, mr, accumulate, q4, 5); break;
+                    case 6: lw__y_rows_j(wa, ws, dw, kb, X, DX, XS, accb, first, last, yj, ys, mr, accumulate, q4, 6); break;
+                    case 7: lw__y_rows_j(wa, ws, dw, kb, X, DX, XS, accb, first, last, yj, ys, mr, accumulate, q4, 7); break;
+                    default: lw__y_rows_j(wa, ws, dw, kb, X, DX, XS, accb, first, last, yj, ys, mr, accumulate, q4, 8); break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+// 8 vectors of per-lane sums of one block (W rows j0..j0+7) -> one vector, lane = W row.
+LW__T256 static LW__INL __m256i lw__y_treduce(const __m256i* I) {
+    __m256i A[4], B[2];
+    LW__UNROLL for (int a = 0; a < 4; a++)
+        A[a] = _mm256_add_epi32(_mm256_unpacklo_epi32(I[2 * a], I[2 * a + 1]), _mm256_unpackhi_epi32(I[2 * a], I[2 * a + 1]));
+    LW__UNROLL for (int b = 0; b < 2; b++)
+        B[b] = _mm256_add_epi32(_mm256_unpacklo_epi64(A[2 * b], A[2 * b + 1]), _mm256_unpackhi_epi64(A[2 * b], A[2 * b + 1]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(B[0], B[1], 0x20), _mm256_permute2x128_si256(B[0], B[1], 0x31));
+}
+
+LW__T256 static LW__INL void lw__y_cols(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
+                                        float* y, size_t ys, int accumulate, const int q4) {
+    const int nb = k / 32;
+    const size_t bs = q4 ? 18 : 34;
+    const __m256i ones = _mm256_set1_epi16(1), m0f = _mm256_set1_epi8(15);
+    for (int j0 = 0; j0 < nj; j0 += 8) {
+        int m = LW__MIN(8, nj - j0);
+        const uint8_t* p[8];
+        int32_t idx[8];
+        for (int l = 0; l < 8; l++) {
+            int jj = LW__MIN(l, m - 1);
+            p[l] = w + (size_t)(j0 + jj) * w_row;
+            idx[l] = (int32_t)((size_t)jj * w_row);
+        }
+        const __m256i vidx = _mm256_loadu_si256((const __m256i*)idx);
+        for (int r = 0; r < nr; r++) {
+            const uint8_t* xr = x + (size_t)r * x_row;
+            __m256 acc = _mm256_setzero_ps();
+            for (int b = 0; b < nb; b++) {
+                __m256i X = _mm256_loadu_si256((const __m256i*)(xr + (size_t)b * 34 + 2));
+                __m256i I[8];
+                LW__UNROLL for (int l = 0; l < 8; l++) {
+                    const uint8_t* pb = p[l] + (size_t)b * bs;
+                    _mm_prefetch((const char*)(pb + 640), _MM_HINT_T0);
+                    __m256i prod;
+                    if (q4) {
+                        __m128i q = _mm_loadu_si128((const __m128i*)(pb + 2));
+                        __m256i v = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), m0f);
+                        prod = _mm256_maddubs_epi16(v, X);
+                    } else {
+                        __m256i v = _mm256_loadu_si256((const __m256i*)(pb + 2));
+                        prod = _mm256_maddubs_epi16(_mm256_abs_epi8(v), _mm256_sign_epi8(X, v));
+                    }
+                    I[l] = _mm256_madd_epi16(prod, ones);
+                }
+                __m256i s = lw__y_treduce(I);
+                if (q4) s = _mm256_sub_epi32(s, _mm256_set1_epi32(8 * lw__y_sum_s8(X)));
+                __m256 dwb = lw__y_half_lanes(_mm256_i32gather_epi32((const int*)(w + (size_t)j0 * w_row + (size_t)b * bs), vidx, 1));
+                __m256 dxb = _mm256_set1_ps(_cvtsh_ss(lw__ld16(xr + (size_t)b * 34)));
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dwb, dxb), acc);
+            }
+            float t[8], *o = y + (size_t)r * ys + j0;
+            _mm256_storeu_ps(t, acc);
+            for (int l = 0; l < m; l++) o[l] = accumulate ? o[l] + t[l] : t[l];
+        }
+    }
+}
+
+LW__T256 static void lw__y_tile_q8_0(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
+                                     float* y, size_t ys, int accumulate) {
+    if (nr >= LW__YROWS_MIN) lw__y_rows(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 0);
+    else lw__y_cols(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 0);
+}
+LW__T256 static void lw__y_tile_q4_0(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
+                                     float* y, size_t ys, int accumulate) {
+    if (nr >= LW__YROWS_MIN) lw__y_rows(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 1);
+    else lw__y_cols(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 1);
+}
+
+// ==================================================================================================
+// F32 -> Q8_0 activation quantisers, bit for bit lw__q8_0_from_float: amax = the largest |x| (exact in
+// any order), d = amax / 127, id = 1 / d (0 for d = 0), q = roundf(x * id) with roundf's halves away
+// from zero (truncate, then step away from zero where the dropped fraction is at least 1/2; both
+// exact for |x * id| <= 127.01), and the low byte of the truncated 32-bit integer kept as the (int8_t)
+// conversion keeps it (which matters only where id overflows to infinity: a block of zeros and tiny
+// subnormals). A block with an infinity or NaN goes to lw__q8_0_from_float itself.
+// ==================================================================================================
+
+LW__T512 static void lw__z_q8_0_from_float(const float* LW__RESTRICT src, void* LW__RESTRICT dst, int64_t n) {
+    lw__block_q8_0* b = (lw__block_q8_0*)dst;
+    const __m512 big = _mm512_set1_ps(FLT_MAX), half = _mm512_set1_ps(0.5f);
+    const __m512i sign = _mm512_set1_epi32((int)0x80000000u), one = _mm512_castps_si512(_mm512_set1_ps(1.0f));
+    for (int64_t i = 0; i < n / 32; i++) {
+        const float* x = src + i * 32;
+        __m512 v[2], a[2];
+        v[0] = _mm512_loadu_ps(x);
+        v[1] = _mm512_loadu_ps(x + 16);
+        a[0] = _mm512_abs_ps(v[0]);
+        a[1] = _mm512_abs_ps(v[1]);
+        if ((__mmask16)(_mm512_cmp_ps_mask(a[0], big, _CMP_LE_OQ) & _mm512_cmp_ps_mask(a[1], big, _CMP_LE_OQ)) != 0xFFFF) {
+            lw__q8_0_from_float(x, &b[i], 32);
+            continue;
+        }
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(a[0], a[1]));
+        float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        b[i].d = lw__fp32_to_fp16(d);
+        const __m512 idv = _mm512_set1_ps(id);
+        for (int h = 0; h < 2; h++) {
+            __m512 t = _mm512_mul_ps(v[h], idv);
+            __m512 r = _mm512_roundscale_ps(t, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            __mmask16 up = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(t, r)), half, _CMP_GE_OQ);
+            __m512 step = _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(t), sign), one));   // +-1, t's sign
+            r = _mm512_mask_add_ps(r, up, r, step);
+            _mm_storeu_si128((__m128i*)(b[i].qs + 16 * h), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(r)));
+        }
+    }
+}
+
+LW__T256 static void lw__y_q8_0_from_float(const float* LW__RESTRICT src, void* LW__RESTRICT dst, int64_t n) {
+    lw__block_q8_0* b = (lw__block_q8_0*)dst;
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)), big = _mm256_set1_ps(FLT_MAX);
+    const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t i = 0; i < n / 32; i++) {
+        const float* x = src + i * 32;
+        __m256 v[4], a[4];
+        int ok = 0xFF;
+        for (int h = 0; h < 4; h++) {
+            v[h] = _mm256_loadu_ps(x + 8 * h);
+            a[h] = _mm256_and_ps(v[h], absm);
+            ok &= _mm256_movemask_ps(_mm256_cmp_ps(a[h], big, _CMP_LE_OQ));
+        }
+        if (ok != 0xFF) {
+            lw__q8_0_from_float(x, &b[i], 32);
+            continue;
+        }
+        __m256 m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float amax = _mm_cvtss_f32(m4);
+        float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        b[i].d = lw__fp32_to_fp16(d);
+        const __m256 idv = _mm256_set1_ps(id);
+        __m256i q[4];
+        for (int h = 0; h < 4; h++) {
+            __m256 t = _mm256_mul_ps(v[h], idv);
+            __m256 r = _mm256_round_ps(t, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            __m256 up = _mm256_cmp_ps(_mm256_and_ps(_mm256_sub_ps(t, r), absm), half, _CMP_GE_OQ);
+            __m256 step = _mm256_or_ps(_mm256_andnot_ps(absm, t), one);
+            r = _mm256_add_ps(r, _mm256_and_ps(up, step));
+            q[h] = _mm256_and_si256(_mm256_cvttps_epi32(r), _mm256_set1_epi32(0xFF));   // the low byte, as (int8_t) keeps it
+        }
+        __m256i p = _mm256_packus_epi16(_mm256_packus_epi32(q[0], q[1]), _mm256_packus_epi32(q[2], q[3]));
+        _mm256_storeu_si256((__m256i*)b[i].qs, _mm256_permutevar8x32_epi32(p, perm));
+    }
+}
+
+// ==================================================================================================
+// selection
+// ==================================================================================================
+
+static bool lw__x86_has(int set) {   // 1: avx2 set, 2: avx512 set, 3: avx512 with VNNI
+    __builtin_cpu_init();
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);   // (clang's __builtin_cpu_supports lacks "f16c")
+    bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+    bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512vl");
+    if (set == 1) return avx2;
+    if (set == 2) return avx512;
+    return avx512 && __builtin_cpu_supports("avx512vnni");
+}
+
+static lw__cpu_kernels lw__avx2_kernels(void) {
+    lw__cpu_kernels k;
+    memset(&k, 0, sizeof k);
+    k.name = "avx2";
+    k.tile_cols = LW__X_TILE_COLS;
+    k.tile_rows = LW__X_TILE_ROWS;
+    k.tile[LW_TYPE_F32] = lw__y_tile_f32;
+    k.tile[LW_TYPE_F16] = lw__y_tile_f16;
+    k.tile[LW_TYPE_BF16] = lw__y_tile_bf16;
+    k.tile[LW_TYPE_Q8_0] = lw__y_tile_q8_0;
+    k.tile[LW_TYPE_Q4_0] = lw__y_tile_q4_0;
+    k.quantize_q8_0 = lw__y_q8_0_from_float;
+    return k;
+}
+
+static lw__cpu_kernels lw__avx512_kernels(void) {
+    lw__cpu_kernels k = lw__avx2_kernels();   // int8 tiles without VNNI: avx2's (the same numbers)
+    k.name = "avx512";
+    k.tile[LW_TYPE_F32] = lw__z_tile_f32;
+    k.tile[LW_TYPE_F16] = lw__z_tile_f16;
+    k.tile[LW_TYPE_BF16] = lw__z_tile_bf16;
+    k.quantize_q8_0 = lw__z_q8_0_from_float;
+    if (lw__x86_has(3)) {
+        k.tile[LW_TYPE_Q8_0] = lw__v_tile_q8_0;
+        k.tile[LW_TYPE_Q4_0] = lw__v_tile_q4_0;
+    }
+    return k;
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif // x86 with GCC or clang
+
+// name: NULL, "" or "auto" (the best set this CPU runs), or "portable", "avx2", "avx512". False when the
+// name is unknown or this CPU (or this build) cannot run the set.
+static bool lw__select_kernels(const char* name, lw__cpu_kernels* out) {
+    bool automatic = !name || !*name || strcmp(name, "auto") == 0;
+#ifdef LW__X86_KERNELS
+    if ((automatic || strcmp(name, "avx512") == 0) && lw__x86_has(2)) { *out = lw__avx512_kernels(); return true; }
+    if ((automatic || strcmp(name, "avx2") == 0) && lw__x86_has(1)) { *out = lw__avx2_kernels(); return true; }
+#endif
+    if (automatic || strcmp(name, "portable") == 0) { *out = lw__portable_kernels(); return true; }
+    return false;
+}
 
 // y[r][j] (+)= dot(W row j, x row r) for the output columns [j0, j1) and rows [0, n), in tiles: the
 // weight rows of a column tile stay in L1 while every row tile passes over them.
@@ -4046,8 +4997,8 @@ static size_t lw__input_row(const lw__tensor* W, int k) {
     return lw__wants_q8(W) ? lw_type_row_size(LW_TYPE_Q8_0, k) : (size_t)k * sizeof(float);
 }
 // Row r of x [.][k] quantised to Q8_0 into xq.
-static void lw__quantize_row(const float* x, int k, uint8_t* xq, int r) {
-    lw__q8_0_from_float(x + (size_t)r * k, xq + (size_t)r * lw_type_row_size(LW_TYPE_Q8_0, k), k);
+static void lw__quantize_row(const lw__cpu_kernels* K, const float* x, int k, uint8_t* xq, int r) {
+    K->quantize_q8_0(x + (size_t)r * k, xq + (size_t)r * lw_type_row_size(LW_TYPE_Q8_0, k), k);
 }
 
 // out = x / rms(x) * w (sum of squares in double, as llama.cpp does)
@@ -4226,7 +5177,7 @@ static void lw__cpu_forward_thread(void* arg, int ith, int nth) {
         bool qkv_q8 = lw__wants_q8(&W->wq) || lw__wants_q8(&W->wk) || lw__wants_q8(&W->wv);
         for (int r = ith; r < n; r += nth) {
             lw__rmsnorm(J->xb + (size_t)r * d, J->x + (size_t)r * d, (const float*)W->attn_norm.data, d, c->rms_eps);
-            if (qkv_q8) lw__quantize_row(J->xb, d, J->xq, r);
+            if (qkv_q8) lw__quantize_row(J->K, J->xb, d, J->xq, r);
         }
         lw__barrier(J->pool);
 
@@ -4269,7 +5220,7 @@ static void lw__cpu_forward_thread(void* arg, int ith, int nth) {
         lw__barrier(J->pool);
 
         if (lw__wants_q8(&W->wo)) {
-            for (int r = ith; r < n; r += nth) lw__quantize_row(J->att, q_dim, J->xq, r);
+            for (int r = ith; r < n; r += nth) lw__quantize_row(J->K, J->att, q_dim, J->xq, r);
             lw__barrier(J->pool);
         }
         lw__split(d, ith, nth, &a, &b);
@@ -4279,7 +5230,7 @@ static void lw__cpu_forward_thread(void* arg, int ith, int nth) {
         bool ffn_q8 = lw__wants_q8(&W->w_gate) || lw__wants_q8(&W->w_up);
         for (int r = ith; r < n; r += nth) {
             lw__rmsnorm(J->xb + (size_t)r * d, J->x + (size_t)r * d, (const float*)W->ffn_norm.data, d, c->rms_eps);
-            if (ffn_q8) lw__quantize_row(J->xb, d, J->xq, r);
+            if (ffn_q8) lw__quantize_row(J->K, J->xb, d, J->xq, r);
         }
         lw__barrier(J->pool);
 
@@ -4295,7 +5246,7 @@ static void lw__cpu_forward_thread(void* arg, int ith, int nth) {
         lw__barrier(J->pool);
 
         if (lw__wants_q8(&W->w_down)) {
-            for (int r = ith; r < n; r += nth) lw__quantize_row(J->hb, ff, J->xq, r);
+            for (int r = ith; r < n; r += nth) lw__quantize_row(J->K, J->hb, ff, J->xq, r);
             lw__barrier(J->pool);
         }
         lw__split(d, ith, nth, &a, &b);
@@ -4306,7 +5257,7 @@ static void lw__cpu_forward_thread(void* arg, int ith, int nth) {
     if (J->n_logits == 0) return;
     for (int i = ith; i < J->n_logits; i += nth) {   // compact the rows that want logits into xb
         lw__rmsnorm(J->xb + (size_t)i * d, J->x + (size_t)J->logit_rows[i] * d, (const float*)w->output_norm.data, d, c->rms_eps);
-        if (lw__wants_q8(&w->output)) lw__quantize_row(J->xb, d, J->xq, i);
+        if (lw__wants_q8(&w->output)) lw__quantize_row(J->K, J->xb, d, J->xq, i);
     }
     lw__barrier(J->pool);
     lw__split(c->n_vocab, ith, nth, &a, &b);
@@ -5310,8 +6261,8 @@ static int lw__spec_wrong_residual;   // tests only: draw rejections from p inst
 // The context's last tokens followed by `extra` draft tokens, as the repetition penalty's history.
 static const int32_t* lw__spec_history(lw__decoder* d, const int32_t* extra, int n_extra, int32_t* buf, int cap, int* n) {
     int n_ctx = lw__decoder_context(d), take = LW__MIN(n_ctx, cap - n_extra);
-    memcpy(buf, d->tokens + n_ctx - take, (size_t)take * sizeof(int32_t));
-    memcpy(buf + take, extra, (size_t)n_extra * sizeof(int32_t));
+    if (take > 0) memcpy(buf, d->tokens + n_ctx - take, (size_t)take * sizeof(int32_t));
+    if (n_extra > 0) memcpy(buf + take, extra, (size_t)n_extra * sizeof(int32_t));
     *n = take + n_extra;
     return buf;
 }

@@ -13,8 +13,6 @@
    passes give bitwise the logits of a context that never saw the bad batch), KV pool exhaustion,
    stale sequence handles, lw_generate's prompt checks, lw_tokenize's buffer contract.
 
-   Cases that need the tokenizer are skipped while wip/lw_tokenizer.inc is the placeholder
-   (LW__TOKENIZER_PLACEHOLDER); they run as soon as the tokenizer lands.
 */
 #define LLMWALL_IMPLEMENTATION
 #include "../llmwall.h"
@@ -24,12 +22,6 @@
 #include <math.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#ifdef LW__TOKENIZER_PLACEHOLDER
-#define NEED_TOKENIZER() LWT_SKIP("the tokenizer has not landed (wip/lw_tokenizer.inc is the placeholder)")
-#else
-#define NEED_TOKENIZER() ((void)0)
-#endif
 
 // ---- checking a result: the exact code and a message that names the problem
 
@@ -1424,7 +1416,6 @@ static void test_generate(void) {
 // ---- needs the tokenizer
 
 static void test_vocab_only_model(void) {
-    NEED_TOKENIZER();
     spec s;
     memset(&s, 0, sizeof s);
     s.no_tensors = 1;
@@ -1458,7 +1449,6 @@ static void test_no_weights_no_tokenizer(void) {
 }
 
 static void test_tokenize_buffers(void) {
-    NEED_TOKENIZER();
     const char* text = "hello world, hello";
     int32_t ids[64];
     int n = -1;
@@ -1499,7 +1489,6 @@ static void test_tokenize_buffers(void) {
 }
 
 static void test_tokenizer_metadata(void) {
-    NEED_TOKENIZER();
     spec s;
     memset(&s, 0, sizeof s);
     s.kv[0] = (kv_change){ .key = "tokenizer.ggml.model", .type = KV_STR, .s = "bert-wordpiece-9" };
