@@ -261,8 +261,9 @@ typedef struct lw_logger {
 
 // >>types ---------------------------------------------------------------------------------------------
 // Tensor element types, numbered as GGUF numbers them (the numbers are the file format; retired ids
-// stay unused). llmwall computes with F32, F16, BF16, Q8_0 and Q4_0; the others are known by size so
-// that a file using them is validated and refused with a clear message.
+// stay unused). llmwall computes with F32, F16, BF16, Q8_0, Q4_0, Q4_K and Q6_K (and converts Q8_K, its
+// activation format for K-quants); the others are known by size so that a file using them is validated
+// and refused with a clear message.
 typedef enum lw_type {
     LW_TYPE_F32     = 0,
     LW_TYPE_F16     = 1,
@@ -782,6 +783,23 @@ typedef struct lw__block_q4_0 {
     uint16_t d;                // scale
     uint8_t  qs[16];           // x[i] = d * ((qs[i] & 15) - 8), x[i + 16] = d * ((qs[i] >> 4) - 8)
 } lw__block_q4_0;
+// K-quants: super-blocks of 256 in sub-blocks with their own scales, as GGUF lays them out.
+typedef struct lw__block_q4_K {
+    uint16_t d, dmin;          // the scales of the sub-block scales and of the sub-block minimums
+    uint8_t  scales[12];       // 8 sub-blocks of 32: a 6-bit scale sc and a 6-bit minimum m each (see lw__q4_K_scales)
+    uint8_t  qs[128];          // byte 32c + l: low nibble x[64c + l], high nibble x[64c + 32 + l] (c = 0..3)
+} lw__block_q4_K;              // x = d * sc * q - dmin * m
+typedef struct lw__block_q6_K {
+    uint8_t  ql[128];          // low 4 bits (half h = 0, 1 of 128: ql[64h + l] low/high nibble x[128h + l] / x[128h + 64 + l],
+    uint8_t  qh[64];           //   ql[64h + 32 + l] x[128h + 32 + l] / x[128h + 96 + l]); high 2 bits: qh[32h + l] bits 2g, 2g+1
+    int8_t   scales[16];       //   for x[128h + 32g + l]; 16 sub-blocks of 16, each its int8 scale
+    uint16_t d;
+} lw__block_q6_K;              // x = d * scale * (q - 32), q in [0, 63]
+typedef struct lw__block_q8_K {
+    float    d;                // x = d * qs (activations for K-quant weights; a float scale)
+    int8_t   qs[256];
+    int16_t  bsums[16];        // sums of each 16 qs
+} lw__block_q8_K;
 
 typedef struct lw__tensor {
     lw_type      type;
@@ -1132,6 +1150,9 @@ static inline uint16_t lw__fp32_to_bf16(float f) {
 //   weights Q8_0, Q4_0:     activations are quantised to Q8_0 (per row, blocks of 32, as the weights
 //                           are), and each block's integer dot product is scaled by both scales: the
 //                           int8 arithmetic is exact and about twice as fast as converting to float.
+//   weights Q4_K, Q6_K:     activations are quantised to Q8_K (blocks of 256 with a float scale and
+//                           the sums of each 16 values, which carry the weights' minimums and offsets),
+//                           integer sums per super-block as for Q8_0 (see "K-quants" below).
 //
 // A row's result depends only on its own data, so it is the same whether the row runs alone or in a
 // batch (batch invariance).
@@ -1272,6 +1293,337 @@ static float lw__dot_q4_0(const void* LW__RESTRICT wv, const void* LW__RESTRICT 
     return acc;
 }
 
+// ---- K-quants: Q4_K and Q6_K weights, Q8_K activations (super-blocks of 256)
+//
+// The quantisers follow llama.cpp's reference quantisers (quantize_row_q4_K_ref, quantize_row_q6_K_ref)
+// operation for operation, so the blocks are byte for byte the same: a weighted least-squares search for
+// each sub-block's scale (and minimum), then the sub-block scales quantised to 6 or 8 bits against one
+// super-block scale, then every value rounded against its final scale. Their float expressions are kept
+// in llama.cpp's order and must not be contracted to fused multiply-adds (the pragmas below).
+//
+// Dot products (weights . Q8_K activations), per super-block b, with exact integer sums:
+//   Q4_K: isum_b = sum_j sc_j * sum_{i in j} q_i x_i,  msum_b = sum_j m_j * (x's sum over sub-block j)
+//         acc = acc + isum_b * (d_w * d_x);  acc = acc + (-msum_b) * (dmin_w * d_x)
+//   Q6_K: isum_b = sum_j scale_j * sum_{i in j} (q_i - 32) x_i
+//         acc = acc + isum_b * (d_w * d_x)
+// in block order (the vector kernel sets fuse each step: acc = fmaf(isum, d_w * d_x, acc)).
+
+LW__STATIC_ASSERT(sizeof(lw__block_q4_K) == 144, "Q4_K block is 144 bytes");
+LW__STATIC_ASSERT(sizeof(lw__block_q6_K) == 210, "Q6_K block is 210 bytes");
+LW__STATIC_ASSERT(sizeof(lw__block_q8_K) == 292, "Q8_K block is 292 bytes");
+
+// (Until the end of the K-quant quantisers: no fused multiply-adds from contraction, in GNU C modes too.)
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+// Round half to even, as llama.cpp's quantisers round (exact for |v| < 2^22; larger and NaN clamp to
+// +-(2^22 - 1), beyond every range a quantiser clamps to afterwards).
+static inline int lw__round_even(float v) {
+    if (!(fabsf(v) <= 4194303.0f)) v = v > 0.0f ? 4194303.0f : -4194303.0f;
+    float t = v + 12582912.0f;   // 1.5 * 2^23: the sum's low 23 bits are 2^22 + v rounded to an integer
+    int32_t i;
+    memcpy(&i, &t, 4);
+    return (i & 0x007fffff) - 0x00400000;
+}
+static inline int lw__clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+// Q4_K's 12 scale bytes -> 8 sub-block scales and 8 minimums, 6 bits each: bytes 0-3 hold sc0-3 in
+// their low 6 bits, bytes 4-7 m0-3; bytes 8-11 hold the low 4 bits of sc4-7 (low nibble) and m4-7
+// (high nibble), whose top 2 bits are the top 2 bits of bytes 0-3 (sc) and 4-7 (m).
+static inline void lw__q4_K_scales(const uint8_t* s, uint8_t* sc, uint8_t* m) {
+    uint32_t a0, a1, a2, lo[2], hi[2];
+    memcpy(&a0, s, 4); memcpy(&a1, s + 4, 4); memcpy(&a2, s + 8, 4);
+    lo[0] = a0 & 0x3f3f3f3fu;                                       // sc0-3
+    hi[0] = (a2 & 0x0f0f0f0fu) | ((a0 >> 2) & 0x30303030u);         // sc4-7
+    lo[1] = a1 & 0x3f3f3f3fu;                                       // m0-3
+    hi[1] = ((a2 >> 4) & 0x0f0f0f0fu) | ((a1 >> 2) & 0x30303030u);  // m4-7
+    memcpy(sc, &lo[0], 4); memcpy(sc + 4, &hi[0], 4);
+    memcpy(m, &lo[1], 4); memcpy(m + 4, &hi[1], 4);
+}
+// The same as two 8-byte words (byte j = sub-block j), kept in registers (for the vector kernels).
+static inline void lw__q4_K_scales8(const uint8_t* s, uint64_t* sc, uint64_t* m) {
+    uint32_t a0, a1, a2;
+    memcpy(&a0, s, 4); memcpy(&a1, s + 4, 4); memcpy(&a2, s + 8, 4);
+    *sc = (a0 & 0x3f3f3f3fu) | (uint64_t)((a2 & 0x0f0f0f0fu) | ((a0 >> 2) & 0x30303030u)) << 32;
+    *m = (a1 & 0x3f3f3f3fu) | (uint64_t)(((a2 >> 4) & 0x0f0f0f0fu) | ((a1 >> 2) & 0x30303030u)) << 32;
+}
+
+// One sub-block of n values as scale * q + min with q in [0, nmax] and min <= 0, by weighted least
+// squares over 21 candidate grids (llama.cpp's make_qkx2_quants with rmin -1, rdelta 0.1, 20 steps,
+// squared error). L gets the q; *neg_min = -min.
+static float lw__fit_scale_min(int n, int nmax, const float* x, const float* w, uint8_t* L, float* neg_min) {
+    uint8_t Laux[32];
+    float min = x[0], max = x[0], sum_w = w[0], sum_x = sum_w * x[0];
+    for (int i = 1; i < n; i++) {
+        if (x[i] < min) min = x[i];
+        if (x[i] > max) max = x[i];
+        sum_w += w[i];
+        sum_x += w[i] * x[i];
+    }
+    if (min > 0) min = 0;
+    if (max == min) {
+        for (int i = 0; i < n; i++) L[i] = 0;
+        *neg_min = -min;
+        return 0.0f;
+    }
+    float iscale = (float)nmax / (max - min), scale = 1 / iscale, best = 0;
+    for (int i = 0; i < n; i++) {
+        L[i] = (uint8_t)lw__clampi(lw__round_even(iscale * (x[i] - min)), 0, nmax);
+        float diff = scale * L[i] + min - x[i];
+        best += w[i] * (diff * diff);
+    }
+    for (int step = 0; step <= 20; step++) {
+        iscale = (-1.0f + 0.1f * (float)step + (float)nmax) / (max - min);
+        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        for (int i = 0; i < n; i++) {
+            int l = lw__clampi(lw__round_even(iscale * (x[i] - min)), 0, nmax);
+            Laux[i] = (uint8_t)l;
+            sum_l += w[i] * (float)l;
+            sum_l2 += w[i] * (float)l * (float)l;
+            sum_xl += w[i] * (float)l * x[i];
+        }
+        float D = sum_w * sum_l2 - sum_l * sum_l;
+        if (D > 0) {
+            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D, this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+            if (this_min > 0) {
+                this_min = 0;
+                this_scale = sum_xl / sum_l2;
+            }
+            float err = 0;
+            for (int i = 0; i < n; i++) {
+                float diff = this_scale * Laux[i] + this_min - x[i];
+                err += w[i] * (diff * diff);
+            }
+            if (err < best) {
+                memcpy(L, Laux, (size_t)n);
+                best = err;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    *neg_min = -min;
+    return scale;
+}
+
+// One sub-block of n values as scale * q with q in [-nmax, nmax - 1], weights x^2, the best of 19
+// grids around -nmax / max (llama.cpp's make_qx_quants, rmse_type 1). L gets q + nmax.
+static float lw__fit_scale(int n, int nmax, const float* x, int8_t* L) {
+    float max = 0, amax = 0;
+    for (int i = 0; i < n; i++)
+        if (fabsf(x[i]) > amax) { amax = fabsf(x[i]); max = x[i]; }
+    if (amax < 1e-15f) {
+        for (int i = 0; i < n; i++) L[i] = 0;
+        return 0.0f;
+    }
+    float scale = 0, best = 0;
+    for (int step = 0; step <= 18; step++) {   // step 0 the plain grid, then is = -9..-1, 1..9
+        int is = step == 0 ? 0 : step <= 9 ? step - 10 : step - 9;
+        float iscale = step == 0 ? (float)-nmax / max : -((float)nmax + 0.1f * (float)is) / max;
+        float sumlx = 0, suml2 = 0;
+        for (int i = 0; i < n; i++) {
+            int l = lw__clampi(lw__round_even(iscale * x[i]), -nmax, nmax - 1);
+            float w = x[i] * x[i];
+            sumlx += w * x[i] * (float)l;
+            suml2 += w * (float)l * (float)l;
+        }
+        if (step == 0 || (suml2 > 0 && sumlx * sumlx > best * suml2)) {
+            for (int i = 0; i < n; i++) L[i] = (int8_t)(nmax + lw__clampi(lw__round_even(iscale * x[i]), -nmax, nmax - 1));
+            scale = step == 0 ? (suml2 != 0 ? sumlx / suml2 : 0.0f) : sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
+// ---- Q4_K
+static void lw__q4_K_to_float(const void* LW__RESTRICT src, float* LW__RESTRICT dst, int64_t n) {
+    const lw__block_q4_K* b = (const lw__block_q4_K*)src;
+    for (int64_t i = 0; i < n / 256; i++, dst += 256) {
+        uint8_t sc[8], m[8];
+        lw__q4_K_scales(b[i].scales, sc, m);
+        float d = lw__fp16_to_fp32(b[i].d), dmin = lw__fp16_to_fp32(b[i].dmin);
+        for (int j = 0; j < 8; j++) {
+            float dj = d * sc[j], mj = dmin * m[j];
+            const uint8_t* q = b[i].qs + 32 * (j / 2);
+            int shift = 4 * (j & 1);
+            for (int l = 0; l < 32; l++) dst[32 * j + l] = dj * (float)((q[l] >> shift) & 15) - mj;
+        }
+    }
+}
+static void lw__q4_K_from_float(const float* LW__RESTRICT src, void* LW__RESTRICT dst, int64_t n) {
+    lw__block_q4_K* b = (lw__block_q4_K*)dst;
+    for (int64_t i = 0; i < n / 256; i++) {
+        const float* x = src + i * 256;
+        uint8_t L[256], ls[8], lm[8];
+        float w[32], scales[8], mins[8], max_scale = 0, max_min = 0;
+        for (int j = 0; j < 8; j++) {
+            const float* xj = x + 32 * j;
+            float sum_x2 = 0;
+            for (int l = 0; l < 32; l++) sum_x2 += xj[l] * xj[l];
+            float av_x = sqrtf(sum_x2 / 32);
+            for (int l = 0; l < 32; l++) w[l] = av_x + fabsf(xj[l]);
+            scales[j] = lw__fit_scale_min(32, 15, xj, w, L + 32 * j, &mins[j]);
+            if (scales[j] > max_scale) max_scale = scales[j];
+            if (mins[j] > max_min) max_min = mins[j];
+        }
+        float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f, inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
+        for (int j = 0; j < 8; j++) {   // (a negative scale wraps as llama.cpp's uint8_t does, then clamps to 63)
+            ls[j] = (uint8_t)LW__MIN(63, (uint8_t)lw__round_even(inv_scale * scales[j]));
+            lm[j] = (uint8_t)LW__MIN(63, (uint8_t)lw__round_even(inv_min * mins[j]));
+        }
+        for (int j = 0; j < 4; j++) {
+            b[i].scales[j] = (uint8_t)(ls[j] | (ls[j + 4] >> 4) << 6);
+            b[i].scales[j + 4] = (uint8_t)(lm[j] | (lm[j + 4] >> 4) << 6);
+            b[i].scales[j + 8] = (uint8_t)((ls[j + 4] & 15) | (lm[j + 4] & 15) << 4);
+        }
+        b[i].d = lw__fp32_to_fp16(max_scale / 63.0f);
+        b[i].dmin = lw__fp32_to_fp16(max_min / 63.0f);
+        uint8_t sc[8], m[8];
+        lw__q4_K_scales(b[i].scales, sc, m);
+        for (int j = 0; j < 8; j++) {   // the values against the final scales (a zero scale keeps the fit's q)
+            float d = lw__fp16_to_fp32(b[i].d) * sc[j];
+            if (d == 0.0f) continue;
+            float dm = lw__fp16_to_fp32(b[i].dmin) * m[j];
+            for (int l = 0; l < 32; l++) L[32 * j + l] = (uint8_t)lw__clampi(lw__round_even((x[32 * j + l] + dm) / d), 0, 15);
+        }
+        for (int c = 0; c < 4; c++)
+            for (int l = 0; l < 32; l++) b[i].qs[32 * c + l] = (uint8_t)(L[64 * c + l] | L[64 * c + 32 + l] << 4);
+    }
+}
+// weights Q4_K . activations Q8_K
+static float lw__dot_q4_K(const void* LW__RESTRICT wv, const void* LW__RESTRICT xv, int n) {
+    const lw__block_q4_K* b = (const lw__block_q4_K*)wv;
+    const lw__block_q8_K* x = (const lw__block_q8_K*)xv;
+    float acc = 0.0f;
+    for (int i = 0; i < n / 256; i++) {
+        uint8_t sc[8], m[8];
+        lw__q4_K_scales(b[i].scales, sc, m);
+        int32_t isum = 0, msum = 0;
+        for (int j = 0; j < 8; j++) {
+            const uint8_t* q = b[i].qs + 32 * (j / 2);
+            const int8_t* xq = x[i].qs + 32 * j;
+            int shift = 4 * (j & 1);
+            int32_t s = 0;
+            for (int l = 0; l < 32; l++) s += ((q[l] >> shift) & 15) * xq[l];
+            isum += sc[j] * s;
+            msum += m[j] * (x[i].bsums[2 * j] + x[i].bsums[2 * j + 1]);
+        }
+        acc = acc + (float)isum * (lw__fp16_to_fp32(b[i].d) * x[i].d);
+        acc = acc + (float)-msum * (lw__fp16_to_fp32(b[i].dmin) * x[i].d);
+    }
+    return acc;
+}
+
+// ---- Q6_K: q + 32 of sub-block value j sits at position lw__q6_K_at(j)
+static void lw__q6_K_to_float(const void* LW__RESTRICT src, float* LW__RESTRICT dst, int64_t n) {
+    const lw__block_q6_K* b = (const lw__block_q6_K*)src;
+    for (int64_t i = 0; i < n / 256; i++, dst += 256) {
+        float d = lw__fp16_to_fp32(b[i].d);
+        for (int h = 0; h < 2; h++)
+            for (int l = 0; l < 32; l++) {
+                const uint8_t *ql = b[i].ql + 64 * h, hb = b[i].qh[32 * h + l];
+                int q[4] = { (ql[l] & 15) | (hb & 3) << 4, (ql[l + 32] & 15) | (hb >> 2 & 3) << 4,
+                             (ql[l] >> 4) | (hb >> 4 & 3) << 4, (ql[l + 32] >> 4) | (hb >> 6) << 4 };
+                for (int g = 0; g < 4; g++) {
+                    int at = 128 * h + 32 * g + l;
+                    dst[at] = d * (float)b[i].scales[at / 16] * (float)(q[g] - 32);
+                }
+            }
+    }
+}
+static void lw__q6_K_from_float(const float* LW__RESTRICT src, void* LW__RESTRICT dst, int64_t n) {
+    lw__block_q6_K* b = (lw__block_q6_K*)dst;
+    for (int64_t i = 0; i < n / 256; i++) {
+        const float* x = src + i * 256;
+        int8_t L[256];
+        float scales[16], max_scale = 0, max_abs_scale = 0;
+        for (int j = 0; j < 16; j++) {
+            scales[j] = lw__fit_scale(16, 32, x + 16 * j, L + 16 * j);
+            if (fabsf(scales[j]) > max_abs_scale) { max_abs_scale = fabsf(scales[j]); max_scale = scales[j]; }
+        }
+        memset(&b[i], 0, sizeof b[i]);
+        if (max_abs_scale < 1e-15f) continue;   // all zero (d = +0)
+        float iscale = -128.0f / max_scale;
+        b[i].d = lw__fp32_to_fp16(1 / iscale);
+        for (int j = 0; j < 16; j++) b[i].scales[j] = (int8_t)LW__MIN(127, lw__round_even(iscale * scales[j]));
+        for (int j = 0; j < 16; j++) {   // the values against the final scales (a zero scale keeps the fit's q)
+            float d = lw__fp16_to_fp32(b[i].d) * (float)b[i].scales[j];
+            if (d == 0.0f) continue;
+            for (int l = 0; l < 16; l++) L[16 * j + l] = (int8_t)(32 + lw__clampi(lw__round_even(x[16 * j + l] / d), -32, 31));
+        }
+        for (int h = 0; h < 2; h++)
+            for (int l = 0; l < 32; l++) {
+                const int8_t* q = L + 128 * h + l;
+                b[i].ql[64 * h + l] = (uint8_t)((q[0] & 15) | (q[64] & 15) << 4);
+                b[i].ql[64 * h + 32 + l] = (uint8_t)((q[32] & 15) | (q[96] & 15) << 4);
+                b[i].qh[32 * h + l] = (uint8_t)(q[0] >> 4 | (q[32] >> 4) << 2 | (q[64] >> 4) << 4 | (q[96] >> 4) << 6);
+            }
+    }
+}
+// weights Q6_K . activations Q8_K
+static float lw__dot_q6_K(const void* LW__RESTRICT wv, const void* LW__RESTRICT xv, int n) {
+    const lw__block_q6_K* b = (const lw__block_q6_K*)wv;
+    const lw__block_q8_K* x = (const lw__block_q8_K*)xv;
+    float acc = 0.0f;
+    for (int i = 0; i < n / 256; i++) {
+        int32_t s[16] = {0};
+        for (int h = 0; h < 2; h++)
+            for (int l = 0; l < 32; l++) {
+                const uint8_t *ql = b[i].ql + 64 * h, hb = b[i].qh[32 * h + l];
+                int q[4] = { (ql[l] & 15) | (hb & 3) << 4, (ql[l + 32] & 15) | (hb >> 2 & 3) << 4,
+                             (ql[l] >> 4) | (hb >> 4 & 3) << 4, (ql[l + 32] >> 4) | (hb >> 6) << 4 };
+                for (int g = 0; g < 4; g++) {
+                    int at = 128 * h + 32 * g + l;
+                    s[at / 16] += (q[g] - 32) * x[i].qs[at];
+                }
+            }
+        int32_t isum = 0;
+        for (int j = 0; j < 16; j++) isum += b[i].scales[j] * s[j];
+        acc = acc + (float)isum * (lw__fp16_to_fp32(b[i].d) * x[i].d);
+    }
+    return acc;
+}
+
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT DEFAULT
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
+
+// ---- Q8_K (activations): d = max|x| / 127, q = round(x / d) (halves away from zero), clamped to
+// [-127, 127] so that any input (infinities, NaN, subnormal maxima) gives defined bytes, and the sums
+// of each 16 q. A NaN value becomes -127 (fmaxf's choice; the vector quantisers match it).
+static void lw__q8_K_to_float(const void* LW__RESTRICT src, float* LW__RESTRICT dst, int64_t n) {
+    const lw__block_q8_K* b = (const lw__block_q8_K*)src;
+    for (int64_t i = 0; i < n / 256; i++)
+        for (int j = 0; j < 256; j++) dst[i * 256 + j] = b[i].d * (float)b[i].qs[j];
+}
+static void lw__q8_K_from_float(const float* LW__RESTRICT src, void* LW__RESTRICT dst, int64_t n) {
+    lw__block_q8_K* b = (lw__block_q8_K*)dst;
+    for (int64_t i = 0; i < n / 256; i++) {
+        const float* x = src + i * 256;
+        float amax = 0.0f;
+        for (int j = 0; j < 256; j++)
+            if (fabsf(x[j]) > amax) amax = fabsf(x[j]);
+        float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        b[i].d = d;
+        for (int g = 0; g < 16; g++) {
+            int sum = 0;
+            for (int j = 16 * g; j < 16 * g + 16; j++) {
+                float v = fminf(fmaxf(x[j] * id, -127.0f), 127.0f);
+                b[i].qs[j] = (int8_t)roundf(v);
+                sum += b[i].qs[j];
+            }
+            b[i].bsums[g] = (int16_t)sum;
+        }
+    }
+}
+
 // Positional, one entry per GGUF id (C++ has no designated array initialisers). Sizes of the types
 // llmwall does not compute with are here so files using them are validated and refused by name.
 #define LW__TYPE_KNOWN(name, bs, ts)              { name, bs, ts, NULL, NULL, LW_TYPE_F32, NULL }
@@ -1290,10 +1642,10 @@ static const lw__type_traits lw__types[LW_TYPE_COUNT] = {
     /*  9 */ LW__TYPE_KNOWN("Q8_1", 32, 36),
     /* 10 */ LW__TYPE_KNOWN("Q2_K", 256, 84),
     /* 11 */ LW__TYPE_KNOWN("Q3_K", 256, 110),
-    /* 12 */ LW__TYPE_KNOWN("Q4_K", 256, 144),
+    /* 12 */ LW__TYPE_COMPUTE("Q4_K", 256, 144, q4_K, LW_TYPE_Q8_K),
     /* 13 */ LW__TYPE_KNOWN("Q5_K", 256, 176),
-    /* 14 */ LW__TYPE_KNOWN("Q6_K", 256, 210),
-    /* 15 */ LW__TYPE_KNOWN("Q8_K", 256, 292),
+    /* 14 */ LW__TYPE_COMPUTE("Q6_K", 256, 210, q6_K, LW_TYPE_Q8_K),
+    /* 15 */ { "Q8_K", 256, 292, lw__q8_K_to_float, lw__q8_K_from_float, LW_TYPE_F32, NULL },   // activations only
     /* 16 */ LW__TYPE_KNOWN("IQ2_XXS", 256, 66),
     /* 17 */ LW__TYPE_KNOWN("IQ2_XS", 256, 74),
     /* 18 */ LW__TYPE_KNOWN("IQ3_XXS", 256, 98),
@@ -3406,7 +3758,7 @@ static lw_result lw__model_tensor(lw_model* m, const char* name, int64_t ne0, in
                         name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3],
                         (long long)ne0, want_dims == 2 ? ", " : "", (long long)(want_dims == 2 ? ne1 : 0));
     const lw__type_traits* tt = lw__traits(t->type);
-    if (!tt->to_float)
+    if (!tt->to_float || (ne1 && !tt->dot))
         return lw__fail(&m->logger, LW_MODEL_UNSUPPORTED_TYPE, "model: tensor '%s' has type %s, which llmwall cannot compute with yet",
                         name, tt->name);
     out->type = (lw_type)t->type;
@@ -3948,7 +4300,7 @@ static void lw__split(int64_t n, int ith, int nth, int64_t* begin, int64_t* end)
 //   logits = (rmsnorm(x) * output_norm) @ Wout   (rows that want them)  output columns
 //
 // A matrix product's input rows are first converted to what the weights' dot product takes (F32 as is,
-// or quantised to Q8_0 for Q8_0 and Q4_0 weights). Each output element is then one dot-product call
+// or quantised to Q8_0 for Q8_0 and Q4_0 weights, to Q8_K for Q4_K and Q6_K). Each output element is then one dot-product call
 // over a whole weight row, so its value does not depend on how many rows are in the batch or how the
 // work is split (batch invariance). A weight row is read from memory once and reused from L1 for the
 // other rows of a row tile.
@@ -3970,6 +4322,7 @@ typedef struct lw__cpu_kernels {
     int          tile_cols, tile_rows;   // the largest nj and nr its tile functions take
     lw__tile_fn  tile[LW_TYPE_COUNT];    // by weight type (NULL: the type has no kernels)
     void (*quantize_q8_0)(const float* LW__RESTRICT x, void* LW__RESTRICT q, int64_t n);   // activations, bit for bit lw__q8_0_from_float
+    void (*quantize_q8_K)(const float* LW__RESTRICT x, void* LW__RESTRICT q, int64_t n);   // activations, bit for bit lw__q8_K_from_float
 } lw__cpu_kernels;
 
 #define LW__PORTABLE_TILE(pfx) \
@@ -3987,6 +4340,8 @@ LW__PORTABLE_TILE(f16)
 LW__PORTABLE_TILE(bf16)
 LW__PORTABLE_TILE(q8_0)
 LW__PORTABLE_TILE(q4_0)
+LW__PORTABLE_TILE(q4_K)
+LW__PORTABLE_TILE(q6_K)
 
 static lw__cpu_kernels lw__portable_kernels(void) {
     lw__cpu_kernels k;
@@ -3999,7 +4354,10 @@ static lw__cpu_kernels lw__portable_kernels(void) {
     k.tile[LW_TYPE_BF16] = lw__tile_bf16;
     k.tile[LW_TYPE_Q8_0] = lw__tile_q8_0;
     k.tile[LW_TYPE_Q4_0] = lw__tile_q4_0;
+    k.tile[LW_TYPE_Q4_K] = lw__tile_q4_K;
+    k.tile[LW_TYPE_Q6_K] = lw__tile_q6_K;
     k.quantize_q8_0 = lw__q8_0_from_float;
+    k.quantize_q8_K = lw__q8_K_from_float;
     return k;
 }
 
@@ -4022,6 +4380,9 @@ static lw__cpu_kernels lw__portable_kernels(void) {
 //         acc = fmaf((float)isum_b, fp16(d_w,b) * fp16(d_x,b), acc)        (acc starts at 0)
 //     The integer sums are exact whatever the lanes or instructions that form them, so only the float
 //     chain fixes the result, and it is the same for every path.
+//   Q4_K, Q6_K weights (Q8_K activations): per super-block of 256 the exact integer sums of >>quant's
+//     "K-quants" comment, then acc = fmaf((float)isum_b, fp16(d_w,b) * d_x,b, acc) (Q4_K then also
+//     acc = fmaf((float)-msum_b, fp16(dmin_w,b) * d_x,b, acc)), in block order.
 //
 // Both sets follow the same definitions, so "avx2" and "avx512" give bitwise the same results (the
 // tests check it); they differ from the portable set, which does not fuse the multiply-adds.
@@ -4910,6 +5271,314 @@ LW__T256 static void lw__y_q8_0_from_float(const float* LW__RESTRICT src, void* 
 }
 
 // ==================================================================================================
+// K-quants (Q4_K, Q6_K weights against Q8_K activations), avx2 and avx512 + VNNI.
+//
+// Per W row and super-block the weights are unpacked into vectors of unsigned bytes (Q4_K: the nibbles,
+// one sub-block of 32 per ymm, two per zmm; Q6_K: the 6-bit q in 0..63, i.e. before the offset 32, two
+// sub-blocks of 16 per ymm, four per zmm) with their scales as 16-bit lanes, and the exact integer sums
+// come from VPMADDUBSW (unsigned q times signed x, pairs of at most 2 * 63 * 127, no saturation) and
+// VPMADDWD by the scales, or with VNNI from VPDPBUSD (4 products into 32 bits, at most 4 * 63 * 127, so
+// VPMADDWD by [scale, 0] multiplies them exactly). Q6_K's offset 32 and Q4_K's minimums come from the
+// activations' sums of 16 (bsums). The float chain is the one in >>quant's "K-quants" comment, fused:
+//     Q4_K: acc = fmaf((float)isum, d_w * d_x, acc); acc = fmaf((float)-msum, dmin_w * d_x, acc)
+//     Q6_K: acc = fmaf((float)isum, d_w * d_x, acc)
+// per (W row, x row) pair in block order, so every tile shape, both sets and both paths agree bitwise.
+// ==================================================================================================
+
+// 8 int32 lanes of a and of b -> (sum a, sum b), exactly.
+LW__T256 static LW__INL void lw__y_hsum2(__m256i a, __m256i b, int32_t* sa, int32_t* sb) {
+    __m256i h = _mm256_hadd_epi32(a, b);                                   // a01 a23 b01 b23 | a45 a67 b45 b67
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+    t = _mm_hadd_epi32(t, t);                                              // a b a b
+    *sa = _mm_cvtsi128_si32(t);
+    *sb = _mm_extract_epi32(t, 1);
+}
+
+// A Q4_K super-block: Q[j] the 32 nibbles of sub-block j, SC[j] its scale in 16-bit lanes, MN the
+// minimums as 16-bit pairs [m0 m0 m1 m1 ... m7 m7] (against the 16 bsums).
+LW__T256 static LW__INL void lw__y_q4_K_unpack(const uint8_t* blk, __m256i* Q, __m256i* SC, __m256i* MN) {
+    const __m256i m4 = _mm256_set1_epi8(15);
+    uint64_t s8, m8;
+    lw__q4_K_scales8(blk + 4, &s8, &m8);
+    LW__UNROLL for (int c = 0; c < 4; c++) {
+        __m256i v = _mm256_loadu_si256((const __m256i*)(blk + 16 + 32 * c));
+        Q[2 * c] = _mm256_and_si256(v, m4);
+        Q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    }
+    __m256i s16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)s8)));
+    LW__UNROLL for (int j = 0; j < 8; j++) SC[j] = _mm256_shuffle_epi8(s16, _mm256_set1_epi16((short)(0x0100 + 0x0202 * j)));
+    __m128i m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)m8));
+    *MN = _mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16));
+}
+// The unpacked block against one Q8_K block, as 8 lanes whose sums are isum (*s) and msum (*e).
+LW__T256 static LW__INL void lw__y_q4_K_lanes(const __m256i* Q, const __m256i* SC, __m256i MN, const uint8_t* xb, __m256i* s,
+                                             __m256i* e) {
+    const lw__block_q8_K* x = (const lw__block_q8_K*)xb;
+    __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+    LW__UNROLL for (int j = 0; j < 8; j += 2) {
+        __m256i p0 = _mm256_maddubs_epi16(Q[j], _mm256_loadu_si256((const __m256i*)(x->qs + 32 * j)));
+        __m256i p1 = _mm256_maddubs_epi16(Q[j + 1], _mm256_loadu_si256((const __m256i*)(x->qs + 32 * j + 32)));
+        s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, SC[j]));
+        s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, SC[j + 1]));
+    }
+    *s = _mm256_add_epi32(s0, s1);
+    *e = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i*)x->bsums), MN);
+}
+
+// A Q6_K super-block: Q[v] the values q (0..63) of positions 32v..32v+31 (sub-blocks 2v, 2v+1), SC[v]
+// their scales in 16-bit lanes (2v in the low 128 bits, 2v+1 in the high), S16 all 16 scales.
+LW__T256 static LW__INL void lw__y_q6_K_unpack(const uint8_t* blk, __m256i* Q, __m256i* SC, __m256i* S16) {
+    const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(0x30);
+    LW__UNROLL for (int h = 0; h < 2; h++) {
+        __m256i l0 = _mm256_loadu_si256((const __m256i*)(blk + 64 * h));
+        __m256i l1 = _mm256_loadu_si256((const __m256i*)(blk + 64 * h + 32));
+        __m256i hb = _mm256_loadu_si256((const __m256i*)(blk + 128 + 32 * h));
+        Q[4 * h + 0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m2));
+        Q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m2));
+        Q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m2));
+        Q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(hb, 2), m2));
+    }
+    *S16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(blk + 192)));
+    const __m256i pick = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+    LW__UNROLL for (int v = 0; v < 8; v++)
+        SC[v] = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(*S16, _mm256_set1_epi32(v)), pick);
+}
+// ... as 8 lanes whose sum is isum (the offset 32 taken off through the bsums).
+LW__T256 static LW__INL __m256i lw__y_q6_K_lanes(const __m256i* Q, const __m256i* SC, __m256i S16, const uint8_t* xb) {
+    const lw__block_q8_K* x = (const lw__block_q8_K*)xb;
+    __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+    LW__UNROLL for (int v = 0; v < 8; v += 2) {
+        __m256i p0 = _mm256_maddubs_epi16(Q[v], _mm256_loadu_si256((const __m256i*)(x->qs + 32 * v)));
+        __m256i p1 = _mm256_maddubs_epi16(Q[v + 1], _mm256_loadu_si256((const __m256i*)(x->qs + 32 * v + 32)));
+        s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(p0, SC[v]));
+        s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(p1, SC[v + 1]));
+    }
+    __m256i off = _mm256_slli_epi32(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i*)x->bsums), S16), 5);   // 32 sum scale * bsum
+    return _mm256_sub_epi32(_mm256_add_epi32(s0, s1), off);
+}
+
+// avx512 + VNNI: the same integer sums, two sub-blocks (Q4_K) or four (Q6_K) per VPDPBUSD.
+// Q4_K: Q[c] = [nibbles of sub-block 2c | 2c+1] against the 64 contiguous activations 64c.., SC[c]
+// their scales as 32-bit lanes [sc_2c x 8 | sc_2c+1 x 8] (upper 16 bits zero, so VPMADDWD scales the
+// 4-product sums, which fit 16 bits). Q6_K: Q[v] = the values of positions 64v..64v+63 (sub-blocks
+// 4v..4v+3), SC[v] their int8 scales as 32-bit lanes, 4 each (upper 16 bits zero).
+LW__TVNNI static LW__INL void lw__v_q4_K_unpack(const uint8_t* blk, __m512i* Q, __m512i* SC, __m256i* MN) {
+    const __m512i m4 = _mm512_set1_epi8(15);
+    uint64_t s8, m8;
+    lw__q4_K_scales8(blk + 4, &s8, &m8);
+    LW__UNROLL for (int c = 0; c < 4; c++) {
+        __m256i v = _mm256_loadu_si256((const __m256i*)(blk + 16 + 32 * c));
+        Q[c] = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1), m4);
+    }
+    __m512i s32 = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128((long long)s8));
+    LW__UNROLL for (int c = 0; c < 4; c++)
+        SC[c] = _mm512_permutexvar_epi32(_mm512_set_epi32(2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1,
+                                                          2 * c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c), s32);
+    __m128i m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)m8));
+    *MN = _mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16));
+}
+// 4 zmm of (scaled) sums -> their 8-lane sum
+LW__TVNNI static LW__INL __m256i lw__v_k_sums(const __m512i* Q, const __m512i* SC, const int8_t* qs) {
+    __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+    LW__UNROLL for (int c = 0; c < 4; c += 2) {
+        __m512i p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), Q[c], _mm512_loadu_si512(qs + 64 * c));
+        __m512i p1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), Q[c + 1], _mm512_loadu_si512(qs + 64 * c + 64));
+        s0 = _mm512_add_epi32(s0, _mm512_madd_epi16(p0, SC[c]));
+        s1 = _mm512_add_epi32(s1, _mm512_madd_epi16(p1, SC[c + 1]));
+    }
+    __m512i s = _mm512_add_epi32(s0, s1);
+    return _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
+}
+LW__TVNNI static LW__INL void lw__v_q4_K_lanes(const __m512i* Q, const __m512i* SC, __m256i MN, const uint8_t* xb, __m256i* s,
+                                              __m256i* e) {
+    const lw__block_q8_K* x = (const lw__block_q8_K*)xb;
+    *s = lw__v_k_sums(Q, SC, x->qs);
+    *e = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i*)x->bsums), MN);
+}
+
+LW__TVNNI static LW__INL void lw__v_q6_K_unpack(const uint8_t* blk, __m512i* Q, __m512i* SC, __m256i* S16) {
+    const __m512i m4 = _mm512_set1_epi8(15), m2 = _mm512_set1_epi8(0x30);
+    LW__UNROLL for (int h = 0; h < 2; h++) {
+        __m512i l = _mm512_loadu_si512(blk + 64 * h);
+        __m256i hb = _mm256_loadu_si256((const __m256i*)(blk + 128 + 32 * h));
+        __m512i h01 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_slli_epi16(hb, 4)), _mm256_slli_epi16(hb, 2), 1);
+        __m512i h23 = _mm512_inserti64x4(_mm512_castsi256_si512(hb), _mm256_srli_epi16(hb, 2), 1);
+        Q[2 * h] = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(h01, m2));
+        Q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), _mm512_and_si512(h23, m2));
+    }
+    __m128i s8 = _mm_loadu_si128((const __m128i*)(blk + 192));
+    *S16 = _mm256_cvtepi8_epi16(s8);
+    __m512i s32 = _mm512_and_si512(_mm512_cvtepi8_epi32(s8), _mm512_set1_epi32(0xffff));
+    LW__UNROLL for (int v = 0; v < 4; v++) {
+        int a = 4 * v;
+        SC[v] = _mm512_permutexvar_epi32(_mm512_set_epi32(a + 3, a + 3, a + 3, a + 3, a + 2, a + 2, a + 2, a + 2,
+                                                          a + 1, a + 1, a + 1, a + 1, a, a, a, a), s32);
+    }
+}
+LW__TVNNI static LW__INL __m256i lw__v_q6_K_lanes(const __m512i* Q, const __m512i* SC, __m256i S16, const uint8_t* xb) {
+    const lw__block_q8_K* x = (const lw__block_q8_K*)xb;
+    __m256i off = _mm256_slli_epi32(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i*)x->bsums), S16), 5);
+    return _mm256_sub_epi32(lw__v_k_sums(Q, SC, x->qs), off);
+}
+
+// One super-block against one Q8_K block, as 8 lanes: *s sums to isum, *e to msum (Q4_K; zero for Q6_K).
+#define LW__K_LANES(pfx, VEC, blk, xb, q6, s, e) do { \
+        VEC Q_[8 * 32 / (int)sizeof(VEC)], SC_[8 * 32 / (int)sizeof(VEC)]; \
+        __m256i E_; \
+        if (q6) { lw__##pfx##_q6_K_unpack(blk, Q_, SC_, &E_); *(s) = lw__##pfx##_q6_K_lanes(Q_, SC_, E_, xb); *(e) = _mm256_setzero_si256(); } \
+        else { lw__##pfx##_q4_K_unpack(blk, Q_, SC_, &E_); lw__##pfx##_q4_K_lanes(Q_, SC_, E_, xb, s, e); } \
+    } while (0)
+
+// ---- the tiles. Few activation rows (decode): W rows in groups of 8, each row streamed in turn (one
+// sequential stream: the group's rows are adjacent) with its per-block lanes kept; then per block the 8
+// rows' lanes are reduced together by a transposition (lane = W row) and the 8 float chains run as one
+// vector (each lane the fmaf steps of a single pair). More rows: per W row and super-block, unpack once
+// and every activation row takes its step (exact sums by a horizontal add).
+enum { LW__KPB = 16 };   // super-blocks per piece of a W row group
+
+typedef struct lw__kgroup {   // the lanes of 8 W rows x LW__KPB super-blocks, and the rows' scales
+    __m256i  S[LW__KPB][8], M[LW__KPB][8];
+    uint16_t DH[LW__KPB][8], DM[LW__KPB][8];
+} lw__kgroup;
+
+// The group's float chains over blocks [b0, b0 + kb) of activation row xr.
+LW__T256 static LW__INL __m256 lw__y_kchain(const lw__kgroup* G, const uint8_t* xr, int b0, int kb, __m256 acc, const int q6) {
+    for (int b = 0; b < kb; b++) {
+        float dxs;
+        memcpy(&dxs, xr + (size_t)(b0 + b) * 292, 4);
+        __m256 dx = _mm256_set1_ps(dxs);
+        __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)G->DH[b]));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lw__y_treduce(G->S[b])), _mm256_mul_ps(dw, dx), acc);
+        if (!q6) {
+            __m256 dm = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)G->DM[b]));
+            __m256i ms = _mm256_sub_epi32(_mm256_setzero_si256(), lw__y_treduce(G->M[b]));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_mul_ps(dm, dx), acc);
+        }
+    }
+    return acc;
+}
+
+#define LW__KTILE(pfx, TARGET, VEC) \
+    TARGET static LW__INL void lw__##pfx##_kcols(const uint8_t* w, size_t w_row, const uint8_t* xr, int k, int nj, float* y, \
+                                                int accumulate, const int q6) { \
+        const int nb = k / 256; \
+        const size_t bs = q6 ? 210 : 144; \
+        lw__kgroup G; \
+        for (int j0 = 0; j0 < nj; j0 += 8) { \
+            int m = LW__MIN(8, nj - j0); \
+            __m256 acc = _mm256_setzero_ps(); \
+            for (int b0 = 0; b0 < nb; b0 += LW__KPB) { \
+                int kb = LW__MIN(LW__KPB, nb - b0); \
+                for (int jj = 0; jj < 8; jj++) { \
+                    const uint8_t* wr = w + (size_t)(j0 + LW__MIN(jj, m - 1)) * w_row + (size_t)b0 * bs; \
+                    for (int b = 0; b < kb; b++) { \
+                        const uint8_t* blk = wr + (size_t)b * bs; \
+                        _mm_prefetch((const char*)(blk + 8 * bs), _MM_HINT_T0); \
+                        LW__K_LANES(pfx, VEC, blk, xr + (size_t)(b0 + b) * 292, q6, &G.S[b][jj], &G.M[b][jj]); \
+                        G.DH[b][jj] = lw__ld16(q6 ? blk + 208 : blk); \
+                        G.DM[b][jj] = q6 ? 0 : lw__ld16(blk + 2); \
+                    } \
+                } \
+                acc = lw__y_kchain(&G, xr, b0, kb, acc, q6); \
+            } \
+            float t[8]; \
+            _mm256_storeu_ps(t, acc); \
+            for (int l = 0; l < m; l++) y[j0 + l] = accumulate ? y[j0 + l] + t[l] : t[l]; \
+        } \
+    } \
+    TARGET static LW__INL void lw__##pfx##_ktile(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, \
+                                                int nr, float* y, size_t ys, int accumulate, const int q6) { \
+        const int nb = k / 256; \
+        const size_t bs = q6 ? 210 : 144; \
+        if (nr <= 2) { \
+            for (int r = 0; r < nr; r++) lw__##pfx##_kcols(w, w_row, x + (size_t)r * x_row, k, nj, y + (size_t)r * ys, accumulate, q6); \
+            return; \
+        } \
+        float acc[LW__X_TILE_ROWS]; \
+        for (int r0 = 0; r0 < nr; r0 += LW__X_TILE_ROWS) { \
+            int mr = LW__MIN(LW__X_TILE_ROWS, nr - r0); \
+            const uint8_t* xr0 = x + (size_t)r0 * x_row; \
+            for (int j = 0; j < nj; j++) { \
+                const uint8_t* wr = w + (size_t)j * w_row; \
+                for (int r = 0; r < mr; r++) acc[r] = 0.0f; \
+                for (int b = 0; b < nb; b++) { \
+                    const uint8_t* blk = wr + (size_t)b * bs; \
+                    _mm_prefetch((const char*)(blk + 4 * bs), _MM_HINT_T0); \
+                    VEC Q[8 * 32 / (int)sizeof(VEC)], SC[8 * 32 / (int)sizeof(VEC)]; \
+                    __m256i E; \
+                    if (q6) lw__##pfx##_q6_K_unpack(blk, Q, SC, &E); \
+                    else lw__##pfx##_q4_K_unpack(blk, Q, SC, &E); \
+                    float dw = _cvtsh_ss(lw__ld16(q6 ? blk + 208 : blk)), dm = q6 ? 0.0f : _cvtsh_ss(lw__ld16(blk + 2)); \
+                    for (int r = 0; r < mr; r++) { \
+                        const uint8_t* xb = xr0 + (size_t)r * x_row + (size_t)b * 292; \
+                        float dx; \
+                        memcpy(&dx, xb, 4); \
+                        int32_t isum, msum; \
+                        __m256i s, e; \
+                        if (q6) { s = lw__##pfx##_q6_K_lanes(Q, SC, E, xb); e = _mm256_setzero_si256(); } \
+                        else lw__##pfx##_q4_K_lanes(Q, SC, E, xb, &s, &e); \
+                        lw__y_hsum2(s, e, &isum, &msum); \
+                        acc[r] = fmaf((float)isum, dw * dx, acc[r]); \
+                        if (!q6) acc[r] = fmaf((float)-msum, dm * dx, acc[r]); \
+                    } \
+                } \
+                for (int r = 0; r < mr; r++) { \
+                    float* o = y + (size_t)(r0 + r) * ys + j; \
+                    *o = accumulate ? *o + acc[r] : acc[r]; \
+                } \
+            } \
+        } \
+    } \
+    TARGET static void lw__##pfx##_tile_q4_K(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr, \
+                                             float* y, size_t ys, int accumulate) { \
+        lw__##pfx##_ktile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 0); \
+    } \
+    TARGET static void lw__##pfx##_tile_q6_K(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr, \
+                                             float* y, size_t ys, int accumulate) { \
+        lw__##pfx##_ktile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 1); \
+    }
+LW__KTILE(y, LW__T256, __m256i)
+LW__KTILE(v, LW__TVNNI, __m512i)
+
+// F32 -> Q8_K, bit for bit lw__q8_K_from_float: amax over |x| ignoring NaN (VMAXPS returns its second
+// operand when either is NaN, so |x| goes first), then x * id clamped as fminf(fmaxf(v, -127), 127)
+// clamps it (NaN -> -127), rounded half away from zero as in the Q8_0 quantisers, and the sums of 16.
+LW__T256 static void lw__y_q8_K_from_float(const float* LW__RESTRICT src, void* LW__RESTRICT dst, int64_t n) {
+    lw__block_q8_K* b = (lw__block_q8_K*)dst;
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7), flip = _mm256_set1_epi8((char)0x80);
+    for (int64_t i = 0; i < n / 256; i++) {
+        const float* x = src + i * 256;
+        __m256 m = _mm256_setzero_ps();
+        for (int v = 0; v < 32; v++) m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + 8 * v), absm), m);
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float amax = _mm_cvtss_f32(m4);
+        float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        b[i].d = d;
+        const __m256 idv = _mm256_set1_ps(id);
+        for (int c = 0; c < 8; c++) {   // 32 values: two groups of 16
+            __m256i q[4];
+            for (int h = 0; h < 4; h++) {
+                __m256 t = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 32 * c + 8 * h), idv), lo), hi);
+                __m256 r = _mm256_round_ps(t, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+                __m256 up = _mm256_cmp_ps(_mm256_and_ps(_mm256_sub_ps(t, r), absm), half, _CMP_GE_OQ);
+                r = _mm256_add_ps(r, _mm256_and_ps(up, _mm256_or_ps(_mm256_andnot_ps(absm, t), one)));
+                q[h] = _mm256_cvttps_epi32(r);
+            }
+            __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            p = _mm256_permutevar8x32_epi32(p, perm);
+            _mm256_storeu_si256((__m256i*)(b[i].qs + 32 * c), p);
+            __m256i s = _mm256_sad_epu8(_mm256_xor_si256(p, flip), _mm256_setzero_si256());   // 4 x (sum of 8 (q + 128))
+            b[i].bsums[2 * c] = (int16_t)(_mm256_extract_epi64(s, 0) + _mm256_extract_epi64(s, 1) - 2048);
+            b[i].bsums[2 * c + 1] = (int16_t)(_mm256_extract_epi64(s, 2) + _mm256_extract_epi64(s, 3) - 2048);
+        }
+    }
+}
+
+// ==================================================================================================
 // selection
 // ==================================================================================================
 
@@ -4936,7 +5605,10 @@ static lw__cpu_kernels lw__avx2_kernels(void) {
     k.tile[LW_TYPE_BF16] = lw__y_tile_bf16;
     k.tile[LW_TYPE_Q8_0] = lw__y_tile_q8_0;
     k.tile[LW_TYPE_Q4_0] = lw__y_tile_q4_0;
+    k.tile[LW_TYPE_Q4_K] = lw__y_tile_q4_K;
+    k.tile[LW_TYPE_Q6_K] = lw__y_tile_q6_K;
     k.quantize_q8_0 = lw__y_q8_0_from_float;
+    k.quantize_q8_K = lw__y_q8_K_from_float;
     return k;
 }
 
@@ -4950,6 +5622,8 @@ static lw__cpu_kernels lw__avx512_kernels(void) {
     if (lw__x86_has(3)) {
         k.tile[LW_TYPE_Q8_0] = lw__v_tile_q8_0;
         k.tile[LW_TYPE_Q4_0] = lw__v_tile_q4_0;
+        k.tile[LW_TYPE_Q4_K] = lw__v_tile_q4_K;
+        k.tile[LW_TYPE_Q6_K] = lw__v_tile_q6_K;
     }
     return k;
 }
@@ -4988,17 +5662,24 @@ static void lw__matmul_part(const lw__cpu_kernels* K, const lw__tensor* W, const
     }
 }
 
-// Activations as a matrix product with W takes them: F32 rows in place, or their Q8_0 copy in xq.
-static bool lw__wants_q8(const lw__tensor* W) { return lw__traits((uint32_t)W->type)->vec_type == LW_TYPE_Q8_0; }
-static const uint8_t* lw__input(const lw__tensor* W, const float* x, const uint8_t* xq) {
-    return lw__wants_q8(W) ? xq : (const uint8_t*)x;
+// Activations as a matrix product with W takes them: F32 rows in place, or their quantised copy in
+// xq[0] (Q8_0, for Q8_0 and Q4_0 weights) or xq[1] (Q8_K, for Q4_K and Q6_K weights).
+enum { LW__WANTS_Q8_0 = 1, LW__WANTS_Q8_K = 2 };
+static int lw__wants_q8(const lw__tensor* W) {   // which quantised copies W's product reads (0: none)
+    lw_type vec = lw__traits((uint32_t)W->type)->vec_type;
+    return vec == LW_TYPE_Q8_0 ? LW__WANTS_Q8_0 : vec == LW_TYPE_Q8_K ? LW__WANTS_Q8_K : 0;
+}
+static const uint8_t* lw__input(const lw__tensor* W, const float* x, uint8_t* const* xq) {
+    int wants = lw__wants_q8(W);
+    return wants ? xq[wants == LW__WANTS_Q8_K] : (const uint8_t*)x;
 }
 static size_t lw__input_row(const lw__tensor* W, int k) {
-    return lw__wants_q8(W) ? lw_type_row_size(LW_TYPE_Q8_0, k) : (size_t)k * sizeof(float);
+    return lw__wants_q8(W) ? lw_type_row_size(lw__traits((uint32_t)W->type)->vec_type, k) : (size_t)k * sizeof(float);
 }
-// Row r of x [.][k] quantised to Q8_0 into xq.
-static void lw__quantize_row(const lw__cpu_kernels* K, const float* x, int k, uint8_t* xq, int r) {
-    K->quantize_q8_0(x + (size_t)r * k, xq + (size_t)r * lw_type_row_size(LW_TYPE_Q8_0, k), k);
+// Row r of x [.][k] quantised into the copies `wants` names (a set of LW__WANTS_*).
+static void lw__quantize_row(const lw__cpu_kernels* K, const float* x, int k, uint8_t* const* xq, int r, int wants) {
+    if (wants & LW__WANTS_Q8_0) K->quantize_q8_0(x + (size_t)r * k, xq[0] + (size_t)r * lw_type_row_size(LW_TYPE_Q8_0, k), k);
+    if (wants & LW__WANTS_Q8_K) K->quantize_q8_K(x + (size_t)r * k, xq[1] + (size_t)r * lw_type_row_size(LW_TYPE_Q8_K, k), k);
 }
 
 // out = x / rms(x) * w (sum of squares in double, as llama.cpp does)
@@ -5083,7 +5764,7 @@ typedef struct lw__cpu_job {
     const lw__cpu_kernels* K;    // the kernel set in use
     float*             hb;       // [n][n_ff]      gate, then SwiGLU activations
     float*             hb2;      // [n][n_ff]      up
-    uint8_t*           xq;       // [n][max width] the input of the next matrix product, as Q8_0 (quantised weights)
+    uint8_t*           xq[2];    // [n][max width] the input of the next matrix product as Q8_0, and as Q8_K (quantised weights)
     float*             rope;     // [n][rope_dim]  cos/sin pairs per row
     float*             scores;   // [nth][max_visible] attention scores, one buffer per thread
     int                max_visible;
@@ -5174,10 +5855,10 @@ static void lw__cpu_forward_thread(void* arg, int ith, int nth) {
         if (f->skip_layers && f->skip_layers[l]) continue;
         const lw__layer_weights* W = &w->layers[l];
 
-        bool qkv_q8 = lw__wants_q8(&W->wq) || lw__wants_q8(&W->wk) || lw__wants_q8(&W->wv);
+        int qkv_q8 = lw__wants_q8(&W->wq) | lw__wants_q8(&W->wk) | lw__wants_q8(&W->wv);
         for (int r = ith; r < n; r += nth) {
             lw__rmsnorm(J->xb + (size_t)r * d, J->x + (size_t)r * d, (const float*)W->attn_norm.data, d, c->rms_eps);
-            if (qkv_q8) lw__quantize_row(J->K, J->xb, d, J->xq, r);
+            lw__quantize_row(J->K, J->xb, d, J->xq, r, qkv_q8);
         }
         lw__barrier(J->pool);
 
@@ -5220,17 +5901,17 @@ static void lw__cpu_forward_thread(void* arg, int ith, int nth) {
         lw__barrier(J->pool);
 
         if (lw__wants_q8(&W->wo)) {
-            for (int r = ith; r < n; r += nth) lw__quantize_row(J->K, J->att, q_dim, J->xq, r);
+            for (int r = ith; r < n; r += nth) lw__quantize_row(J->K, J->att, q_dim, J->xq, r, lw__wants_q8(&W->wo));
             lw__barrier(J->pool);
         }
         lw__split(d, ith, nth, &a, &b);
         lw__matmul_part(J->K, &W->wo, lw__input(&W->wo, J->att, J->xq), lw__input_row(&W->wo, q_dim), J->x, d, n, a, b, true);
         lw__barrier(J->pool);
 
-        bool ffn_q8 = lw__wants_q8(&W->w_gate) || lw__wants_q8(&W->w_up);
+        int ffn_q8 = lw__wants_q8(&W->w_gate) | lw__wants_q8(&W->w_up);
         for (int r = ith; r < n; r += nth) {
             lw__rmsnorm(J->xb + (size_t)r * d, J->x + (size_t)r * d, (const float*)W->ffn_norm.data, d, c->rms_eps);
-            if (ffn_q8) lw__quantize_row(J->K, J->xb, d, J->xq, r);
+            lw__quantize_row(J->K, J->xb, d, J->xq, r, ffn_q8);
         }
         lw__barrier(J->pool);
 
@@ -5246,7 +5927,7 @@ static void lw__cpu_forward_thread(void* arg, int ith, int nth) {
         lw__barrier(J->pool);
 
         if (lw__wants_q8(&W->w_down)) {
-            for (int r = ith; r < n; r += nth) lw__quantize_row(J->K, J->hb, ff, J->xq, r);
+            for (int r = ith; r < n; r += nth) lw__quantize_row(J->K, J->hb, ff, J->xq, r, lw__wants_q8(&W->w_down));
             lw__barrier(J->pool);
         }
         lw__split(d, ith, nth, &a, &b);
@@ -5257,7 +5938,7 @@ static void lw__cpu_forward_thread(void* arg, int ith, int nth) {
     if (J->n_logits == 0) return;
     for (int i = ith; i < J->n_logits; i += nth) {   // compact the rows that want logits into xb
         lw__rmsnorm(J->xb + (size_t)i * d, J->x + (size_t)J->logit_rows[i] * d, (const float*)w->output_norm.data, d, c->rms_eps);
-        if (lw__wants_q8(&w->output)) lw__quantize_row(J->K, J->xb, d, J->xq, i);
+        lw__quantize_row(J->K, J->xb, d, J->xq, i, lw__wants_q8(&w->output));
     }
     lw__barrier(J->pool);
     lw__split(c->n_vocab, ith, nth, &a, &b);
@@ -5277,12 +5958,13 @@ static lw_result lw__cpu_forward(void* self, void* prepared, const lw__fwd* f) {
 
     // carve the scratch buffer; each piece 64-byte aligned
     int widest = LW__MAX(c->n_embd, LW__MAX(q_dim, c->n_ff));
-    enum { N_BUF = 14 };
+    enum { N_BUF = 15 };
     size_t sizes[N_BUF] = {
         (size_t)n * c->n_embd * 4, (size_t)n * c->n_embd * 4, (size_t)n * q_dim * 4, (size_t)n * kv_dim * 4,
         (size_t)n * kv_dim * 4, (size_t)n * kv_row, (size_t)n * kv_row, (size_t)n * q_dim * 4,
         (size_t)n * c->n_ff * 4, (size_t)n * (c->rope_dim + 1) * 4, (size_t)nth * max_visible * 4, (size_t)n * 8,
-        (size_t)n * lw_type_row_size(LW_TYPE_Q8_0, (widest + 31) / 32 * 32), (size_t)n * c->n_ff * 4 };
+        (size_t)n * lw_type_row_size(LW_TYPE_Q8_0, (widest + 31) / 32 * 32), (size_t)n * c->n_ff * 4,
+        (size_t)n * lw_type_row_size(LW_TYPE_Q8_K, (widest + 255) / 256 * 256) };
     size_t total = 0;
     for (int i = 0; i < N_BUF; i++) total += (sizes[i] + 63) & ~(size_t)63;
     if (total > cpu->scratch_size) {
@@ -5301,7 +5983,8 @@ static lw_result lw__cpu_forward(void* self, void* prepared, const lw__fwd* f) {
     J.pool = &cpu->pool;
     J.x = (float*)ptrs[0]; J.xb = (float*)ptrs[1]; J.q = (float*)ptrs[2]; J.k = (float*)ptrs[3]; J.v = (float*)ptrs[4];
     J.kb = ptrs[5]; J.vb = ptrs[6]; J.att = (float*)ptrs[7]; J.hb = (float*)ptrs[8]; J.rope = (float*)ptrs[9];
-    J.xq = ptrs[12];
+    J.xq[0] = ptrs[12];
+    J.xq[1] = ptrs[14];
     J.hb2 = (float*)ptrs[13];
     J.K = &cpu->kernels;
     J.scores = (float*)ptrs[10];

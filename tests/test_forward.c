@@ -142,16 +142,18 @@ static void ref_rmsnorm(double* out, const double* x, const float* w, int n) {
     for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
 }
 // Quantised weights (Q8_0, Q4_0) multiply activations quantised to Q8_0: per block of 32,
-// d = max|x| / 127 (stored as a half), q = round(x / d). Written here from that definition.
-static int act_q8;
+// d = max|x| / 127 (stored as a half), q = round(x / d). K-quants (Q4_K, Q6_K) multiply Q8_K: the
+// same over blocks of 256 with d kept as a float. Written here from that definition.
+static int act_q8;   // the activation block: 0 (F32 activations), 32 (Q8_0) or 256 (Q8_K)
 
 static void ref_quantize_q8(double* x, int n) {
-    for (int b = 0; b < n / 32; b++) {
-        float v[32], amax = 0;
-        for (int j = 0; j < 32; j++) { v[j] = (float)x[b * 32 + j]; amax = fmaxf(amax, fabsf(v[j])); }
+    int bs = act_q8;
+    for (int b = 0; b < n / bs; b++) {
+        float v[256], amax = 0;
+        for (int j = 0; j < bs; j++) { v[j] = (float)x[b * bs + j]; amax = fmaxf(amax, fabsf(v[j])); }
         float d = amax / 127, id = d != 0 ? 1.0f / d : 0.0f;
-        double dh = (double)(float)(_Float16)d;
-        for (int j = 0; j < 32; j++) x[b * 32 + j] = dh * roundf(v[j] * id);
+        double dh = bs == 32 ? (double)(float)(_Float16)d : (double)d;
+        for (int j = 0; j < bs; j++) x[b * bs + j] = dh * roundf(v[j] * id);
     }
 }
 
@@ -182,7 +184,7 @@ static void ref_forward(const ref_model* m, int n, const int* tok, const int* po
                         const uint8_t* skip, int kv_f16, double* logits) {
     const shape* s = &m->s;
     int d = s->dim, hd = s->head_dim, qd = s->heads * hd, kvd = s->kv_heads * hd, neox = !strcmp(s->arch, "qwen2");
-    act_q8 = s->type == LW_TYPE_Q8_0 || s->type == LW_TYPE_Q4_0;
+    act_q8 = s->type == LW_TYPE_Q8_0 || s->type == LW_TYPE_Q4_0 ? 32 : s->type == LW_TYPE_Q4_K || s->type == LW_TYPE_Q6_K ? 256 : 0;
     double* x = (double*)calloc((size_t)n * d, sizeof(double));
     double* xb = (double*)calloc((size_t)n * d, sizeof(double));
     double* q = (double*)calloc((size_t)n * qd, sizeof(double));
@@ -313,6 +315,8 @@ static const shape shapes[] = {
     { "qwen2", 128, 1, 8, 2, 16, 96, 200, 0, LW_TYPE_Q4_0, 0 },
     { "llama", 256, 1, 2, 1, 128, 96, 150, 0, LW_TYPE_F16, 0 },  // head dim 128
     { "llama", 64, 2, 4, 4, 8, 64, 300, 0, LW_TYPE_F32, 0 },     // q_dim 32 != width 64
+    { "llama", 256, 2, 4, 2, 64, 512, 300, 0, LW_TYPE_Q4_K, 0 }, // K-quants: widths of whole super-blocks
+    { "qwen2", 256, 1, 4, 1, 64, 768, 200, 0, LW_TYPE_Q6_K, 1 },
 };
 
 // One scenario against the reference: a causal prompt prefill (all logits), then a decode row.
@@ -342,6 +346,8 @@ static void check_shape(const shape* s, lw_type kv_type, double bound) {
     // on a rounding half (fused multiply-adds in the vector kernels) moves it by one quantum, which shows
     // as NMSE ~1e-7; a wrong block, scale or nibble shows as 1e-3 and more.
     if (lw_type_get_info(s->type).block_size > 1 && bound < 1e-6) bound = 1e-6;
+    // Q8_K's step (max|x| / 127 over 256 values) is larger: one such move shows as NMSE up to ~1e-4.
+    if (lw_type_get_info(s->type).block_size == 256 && bound < 3e-4) bound = 3e-4;
     LWT_CHECK(e2 < bound, "%s %s kv %s: NMSE %.3g (bound %.0e), max error %.3g", s->arch, lw_type_get_info(s->type).name,
               lw_type_get_info(kv_type).name, e2, bound, maxe);
     printf("  %-5s %-4s dim %3d heads %d/%d hd %3d kv %s: NMSE %.2e max err %.2e\n", s->arch, lw_type_get_info(s->type).name,
@@ -585,6 +591,116 @@ static void test_forward_stats(void) {
     free_model(&m);
 }
 
+// ---- files written by tools/mkmodel in the K-quants against their dequantised F32 version
+//
+// $BUILD/mkmodel (BUILD defaults to "build"; skipped when it is not there) writes a random model in
+// Q4_K, Q6_K and the Q4_K_M mix; the test loads it, writes the same model with every tensor dequantised
+// to F32, and runs the same prompt (a prefill of 11 rows, then 3 decode rows) through both. The only
+// difference left is the quantisation of the activations to Q8_K that K-quant weights multiply
+// (relative step about 1/127 of a block's largest value), so the logits agree within
+//     NMSE <= 1e-3   (measured: 4e-5 to 2e-4; a wrong block layout, scale or minimum gives 1e-2 and more).
+
+// A copy of every key of g (arrays and strings as they are) into w.
+static void copy_kvs(gw_file* w, const lw__gguf* g) {
+    for (uint64_t i = 0; i < g->n_kv; i++) {
+        const lw__gguf_kv* kv = &g->kv[i];
+        char key[256];
+        snprintf(key, sizeof key, "%.*s", (int)kv->key.len, kv->key.ptr);
+        if (kv->type == LW__GGUF_STRING) {
+            char* v = (char*)malloc((size_t)kv->strings[0].len + 1);
+            memcpy(v, kv->strings[0].ptr, (size_t)kv->strings[0].len);
+            v[kv->strings[0].len] = 0;
+            gw_kv_str(w, key, v);
+            free(v);
+        } else if (kv->type == LW__GGUF_ARRAY && kv->elem_type == LW__GGUF_STRING) {
+            const char** strs = (const char**)malloc((size_t)kv->count * sizeof(char*) + 1);
+            uint64_t* lens = (uint64_t*)malloc((size_t)kv->count * sizeof(uint64_t) + 1);
+            for (uint64_t j = 0; j < kv->count; j++) { strs[j] = kv->strings[j].ptr; lens[j] = kv->strings[j].len; }
+            gw_kv_arr_str(w, key, strs, lens, kv->count);
+            free(strs); free(lens);
+        } else if (kv->type == LW__GGUF_ARRAY) {
+            gw_kv_arr(w, key, kv->elem_type, kv->data, kv->count, lw__gguf_value_size[kv->elem_type]);
+        } else {
+            gw_kv_raw(w, key, kv->type, kv->data, lw__gguf_value_size[kv->type]);
+        }
+    }
+}
+
+// logits [rows][vocab] of a fixed prompt: 11 rows of prefill, then 3 decode rows
+static int run_fixed_prompt(lw_model* model, int vocab, float* logits) {
+    env e;
+    if (!env_open(&e, model, 2, LW_TYPE_F32, 8)) return 0;
+    lw_seq q = { 0 };
+    lw_seq_create(e.ctx, &q);
+    lw_row rows[11];
+    for (int i = 0; i < 11; i++) rows[i] = row(q, (i * 53 + 7) % vocab, i, 1, 1);
+    int ok = forward(e.ctx, rows, 11, NULL, 0, NULL, logits) == LW_OK;
+    for (int i = 11; ok && i < 14; i++) {
+        rows[0] = row(q, (i * 53 + 7) % vocab, i, 1, 1);
+        ok = forward(e.ctx, rows, 1, NULL, 0, NULL, logits + (size_t)i * vocab) == LW_OK;
+    }
+    env_close(&e);
+    return ok;
+}
+
+static void test_mkmodel_kquants_vs_dequantised(void) {
+    const char* build = getenv("BUILD");
+    if (!build || !*build) build = "build";
+    char exe[512], path[600], cmd[2048];
+    snprintf(exe, sizeof exe, "%s/mkmodel", build);
+    FILE* f = fopen(exe, "rb");
+    if (!f) LWT_SKIP("%s is not built", exe);
+    fclose(f);
+    static const char* const kinds[] = { "q4_k", "q6_k", "q4_k_m" };
+    for (int t = 0; t < 3; t++) {
+        snprintf(path, sizeof path, "%s/test_forward_%s_%p.gguf", build, kinds[t], (void*)&path);
+        // 256 wide (Q4_K_M: 8 layers, so attn_v / ffn_down of layers 0, 3, 6, 7 are Q6_K), head 64, GQA 2:1
+        snprintf(cmd, sizeof cmd, "%s -o %s --dim 256 --layers %d --heads 4 --kv-heads 2 --ff 768 --vocab 320 --type %s %s --seed %d 2>/dev/null",
+                 exe, path, t == 2 ? 8 : 2, kinds[t], t == 1 ? "--tied" : "", 11 + t);
+        LWT_REQUIRE(system(cmd) == 0, "%s", cmd);
+        lw_model* mq = NULL;
+        lw_result r = lw_model_load(&mq, path, NULL);
+        remove(path);
+        LWT_REQUIRE(r == LW_OK, "%s loads: %s", kinds[t], lw_last_error());
+        // the same model with every tensor dequantised to F32
+        const lw__gguf* g = &mq->gguf;
+        gw_file w = gw_begin(3);
+        copy_kvs(&w, g);
+        int n_k = 0, n_q6 = 0;
+        for (uint64_t i = 0; i < g->n_tensors; i++) {
+            const lw__gguf_tensor* ti = &g->tensors[i];
+            char name[256];
+            snprintf(name, sizeof name, "%.*s", (int)ti->name.len, ti->name.ptr);
+            int64_t n = ti->ne[0] * ti->ne[1] * ti->ne[2] * ti->ne[3];
+            float* x = (float*)malloc(sizeof(float) * (size_t)n);
+            LWT_REQUIRE(lw_dequantize((lw_type)ti->type, ti->data, x, n) == LW_OK, "%s dequantises", name);
+            n_k += ti->type == LW_TYPE_Q4_K || ti->type == LW_TYPE_Q6_K;
+            n_q6 += ti->type == LW_TYPE_Q6_K;
+            gw_tensor(&w, name, LW_TYPE_F32, (uint32_t)ti->n_dims, ti->ne, x, sizeof(float) * (size_t)n);
+            free(x);
+        }
+        gw_finish(&w);
+        lw_model* mf = NULL;
+        LWT_REQUIRE(lw_model_load_memory(&mf, w.data, w.size, NULL) == LW_OK, "dequantised model loads: %s", lw_last_error());
+        const int vocab = 320;
+        float* a = (float*)malloc(sizeof(float) * 14 * vocab);
+        float* b = (float*)malloc(sizeof(float) * 14 * vocab);
+        LWT_REQUIRE(run_fixed_prompt(mq, vocab, a) && run_fixed_prompt(mf, vocab, b), "forward: %s", lw_last_error());
+        double num = 0, den = 0;
+        for (int i = 0; i < 14 * vocab; i++) { num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]); den += (double)b[i] * b[i]; }
+        double e2 = num / den;
+        LWT_CHECK(n_k >= 7 * (t == 2 ? 8 : 2), "%s: the matrices are K-quants (%d)", kinds[t], n_k);
+        LWT_CHECK(t != 2 || n_q6 == 2 * 4 + 1, "q4_k_m: Q6_K for attn_v and ffn_down of 4 of 8 layers and the head (%d)", n_q6);
+        LWT_CHECK(e2 <= 1e-3, "%s: NMSE against the dequantised F32 model %.3g > 1e-3", kinds[t], e2);
+        printf("  mkmodel --type %-6s: %d K-quant tensors (%d Q6_K); logits against the dequantised F32 model: NMSE %.2e\n", kinds[t],
+               n_k, n_q6, e2);
+        free(a); free(b);
+        lw_model_free(mf);
+        gw_free(&w);
+        lw_model_free(mq);
+    }
+}
+
 int main(int argc, char** argv) {
     lwt_init(argc, argv);
     LWT_RUN(test_reference_all_shapes_f32_kv);
@@ -599,5 +715,6 @@ int main(int argc, char** argv) {
     LWT_RUN(test_invariance_batched_vs_alone_and_threads);
     LWT_RUN(test_kv_truncate_and_reuse);
     LWT_RUN(test_forward_stats);
+    LWT_RUN(test_mkmodel_kquants_vs_dequantised);
     return lwt_finish();
 }

@@ -65,17 +65,22 @@ int main(int argc, char** argv) {
     lw__pool pool;
     if (lw__pool_init(&pool, threads, NULL, NULL) != LW_OK) return 1;
     static const struct { const char* name; lw_type t; } types[] = {
-        { "f32", LW_TYPE_F32 }, { "f16", LW_TYPE_F16 }, { "bf16", LW_TYPE_BF16 }, { "q8_0", LW_TYPE_Q8_0 }, { "q4_0", LW_TYPE_Q4_0 } };
+        { "f32", LW_TYPE_F32 }, { "f16", LW_TYPE_F16 }, { "bf16", LW_TYPE_BF16 }, { "q8_0", LW_TYPE_Q8_0 }, { "q4_0", LW_TYPE_Q4_0 },
+        { "q4_k", LW_TYPE_Q4_K }, { "q6_k", LW_TYPE_Q6_K } };
     printf("threads %d, W %d x %d, batch %d rows\n\n", threads, M, K, N);
     printf("| set      | type | decode GB/s | batch GFLOP/s | per CPU-second |\n|----------|------|------------:|--------------:|---------------:|\n");
     float* xf = (float*)malloc(sizeof(float) * (size_t)K * N);
     for (size_t i = 0; i < (size_t)K * N; i++) xf[i] = frand();
     uint8_t* xq = (uint8_t*)malloc(lw_type_row_size(LW_TYPE_Q8_0, K) * (size_t)N);
     for (int r = 0; r < N; r++) lw_quantize(LW_TYPE_Q8_0, xf + (size_t)r * K, xq + (size_t)r * lw_type_row_size(LW_TYPE_Q8_0, K), K);
+    uint8_t* xk = (uint8_t*)malloc(lw_type_row_size(LW_TYPE_Q8_K, K) * (size_t)N + 1);   // (K-quant weights; K % 256 == 0)
+    if (K % 256 == 0)
+        for (int r = 0; r < N; r++) lw_quantize(LW_TYPE_Q8_K, xf + (size_t)r * K, xk + (size_t)r * lw_type_row_size(LW_TYPE_Q8_K, K), K);
     float* y = (float*)malloc(sizeof(float) * (size_t)M * N);
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         if (!strstr(typelist, types[ti].name)) continue;
         lw_type t = types[ti].t;
+        if (K % lw_type_get_info(t).block_size) continue;
         size_t wbytes = lw_type_row_size(t, K) * (size_t)M;
         int copies = hot ? 1 : (int)((256u << 20) / wbytes) + 1;
         uint8_t* ring = (uint8_t*)malloc(wbytes * (size_t)copies);
@@ -86,7 +91,8 @@ int main(int argc, char** argv) {
         }
         for (int c = 1; c < copies; c++) memcpy(ring + (size_t)c * wbytes, ring, wbytes);
         free(wf);
-        int q8 = lw__traits((uint32_t)t)->vec_type == LW_TYPE_Q8_0;
+        lw_type vec = lw__traits((uint32_t)t)->vec_type;
+        int q8 = vec != LW_TYPE_F32;
         const char* s0 = sets;
         while (*s0) {
             char name[32];
@@ -102,8 +108,8 @@ int main(int argc, char** argv) {
             jb.W.n_dims = 2;
             jb.W.ne[0] = K;
             jb.W.ne[1] = M;
-            jb.x = q8 ? xq : (const uint8_t*)xf;
-            jb.x_row = q8 ? lw_type_row_size(LW_TYPE_Q8_0, K) : (size_t)K * 4;
+            jb.x = vec == LW_TYPE_Q8_K ? xk : q8 ? xq : (const uint8_t*)xf;
+            jb.x_row = q8 ? lw_type_row_size(vec, K) : (size_t)K * 4;
             jb.y = y;
             jb.m = M;
             // decode: one row, a different copy of W each time
@@ -137,7 +143,7 @@ int main(int argc, char** argv) {
         }
         free(ring);
     }
-    free(xf); free(xq); free(y);
+    free(xf); free(xq); free(xk); free(y);
     lw__pool_destroy(&pool, NULL);
     return 0;
 }

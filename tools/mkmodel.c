@@ -24,6 +24,7 @@ typedef struct mk_opts {
     float rope_base, eps, weight_scale;
     lw_type type, embd_type, out_type;
     int tied, bias, mask_token, non_causal, version;
+    int q4_k_m;   // llama.cpp's Q4_K_M mix: Q6_K for the output head and some attn_v / ffn_down, Q4_K elsewhere
     uint64_t seed;
 } mk_opts;
 
@@ -40,7 +41,10 @@ static void usage(void) {
         "  --vocab N         vocabulary size (default: the copied vocabulary, or 512 byte-level)\n"
         "  --vocab-from F    copy tokenizer.* metadata from GGUF file F\n"
         "  --ctx N           context length (default 512)\n"
-        "  --type T          matrix type: f32, f16, bf16, q8_0, q4_0 (default f32)\n"
+        "  --type T          matrix type: f32, f16, bf16, q8_0, q4_0, q4_k, q6_k (default f32), or q4_k_m:\n"
+        "                    Q4_K with Q6_K for the output head (the embedding when tied) and for attn_v and\n"
+        "                    ffn_down of the first and last eighth of the layers and every third between, as\n"
+        "                    llama.cpp's Q4_K_M (K-quants need widths that are multiples of 256)\n"
         "  --embd-type T     token embedding type (default: --type)\n"
         "  --out-type T      output head type (default: --type)\n"
         "  --tied            no output.weight: the head is the embedding\n"
@@ -58,7 +62,8 @@ static void usage(void) {
 
 static int parse_type(const char* s, lw_type* t) {
     static const struct { const char* name; lw_type type; } types[] = {
-        { "f32", LW_TYPE_F32 }, { "f16", LW_TYPE_F16 }, { "bf16", LW_TYPE_BF16 }, { "q8_0", LW_TYPE_Q8_0 }, { "q4_0", LW_TYPE_Q4_0 } };
+        { "f32", LW_TYPE_F32 }, { "f16", LW_TYPE_F16 }, { "bf16", LW_TYPE_BF16 }, { "q8_0", LW_TYPE_Q8_0 }, { "q4_0", LW_TYPE_Q4_0 },
+        { "q4_k", LW_TYPE_Q4_K }, { "q6_k", LW_TYPE_Q6_K } };
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
         if (strcmp(s, types[i].name) == 0) { *t = types[i].type; return 1; }
     return 0;
@@ -190,16 +195,22 @@ int main(int argc, char** argv) {
         else if (!strcmp(a, "--seed")) o.seed = (uint64_t)strtoull(v, NULL, 10);
         else if (!strcmp(a, "--type") || !strcmp(a, "--embd-type") || !strcmp(a, "--out-type")) {
             lw_type t;
-            if (!parse_type(v, &t)) { fprintf(stderr, "mkmodel: %s %s: unknown type (f32, f16, bf16, q8_0, q4_0)\n", a, v); return 1; }
-            if (!strcmp(a, "--type")) o.type = t;
+            int mix = !strcmp(a, "--type") && !strcmp(v, "q4_k_m");
+            if (mix) t = LW_TYPE_Q4_K;
+            else if (!parse_type(v, &t)) {
+                fprintf(stderr, "mkmodel: %s %s: unknown type (f32, f16, bf16, q8_0, q4_0, q4_k, q6_k%s)\n", a, v,
+                        strcmp(a, "--type") ? "" : ", q4_k_m");
+                return 1;
+            }
+            if (!strcmp(a, "--type")) { o.type = t; o.q4_k_m = mix; }
             else if (!strcmp(a, "--embd-type")) { o.embd_type = t; embd_type_set = 1; }
             else { o.out_type = t; out_type_set = 1; }
         } else { fprintf(stderr, "mkmodel: unknown option %s; -h for help\n", a); return 1; }
         i += takes;
     }
     if (!o.out) { usage(); return 1; }
-    if (!embd_type_set) o.embd_type = o.type;
-    if (!out_type_set) o.out_type = o.type;
+    if (!embd_type_set) o.embd_type = o.q4_k_m && o.tied ? LW_TYPE_Q6_K : o.type;   // (tied: the embedding is the head)
+    if (!out_type_set) o.out_type = o.q4_k_m ? LW_TYPE_Q6_K : o.type;
     if (!o.kv_heads) o.kv_heads = o.heads;
     if (!o.head_dim) o.head_dim = o.dim / o.heads;
     if (!o.ff) o.ff = 4 * o.dim;
@@ -261,7 +272,10 @@ int main(int argc, char** argv) {
         add_tensor(&w, T("attn_norm.weight"), LW_TYPE_F32, o.dim, 1, 0.2f, 1.0f);
         add_tensor(&w, T("attn_q.weight"), o.type, o.dim, q_dim, s_in, 0.0f);
         add_tensor(&w, T("attn_k.weight"), o.type, o.dim, kv_dim, s_in, 0.0f);
-        add_tensor(&w, T("attn_v.weight"), o.type, o.dim, kv_dim, s_in, 0.0f);
+        // Q4_K_M: attn_v and ffn_down of layer l in Q6_K where llama.cpp's use_more_bits(l, layers) holds
+        int more_bits = o.q4_k_m && (l < o.layers / 8 || l >= 7 * o.layers / 8 || (l - o.layers / 8) % 3 == 2);
+        lw_type vd_type = more_bits ? LW_TYPE_Q6_K : o.type;
+        add_tensor(&w, T("attn_v.weight"), vd_type, o.dim, kv_dim, s_in, 0.0f);
         if (o.bias) {
             add_tensor(&w, T("attn_q.bias"), LW_TYPE_F32, q_dim, 1, 0.1f, 0.0f);
             add_tensor(&w, T("attn_k.bias"), LW_TYPE_F32, kv_dim, 1, 0.1f, 0.0f);
@@ -271,7 +285,7 @@ int main(int argc, char** argv) {
         add_tensor(&w, T("ffn_norm.weight"), LW_TYPE_F32, o.dim, 1, 0.2f, 1.0f);
         add_tensor(&w, T("ffn_gate.weight"), o.type, o.dim, o.ff, s_in, 0.0f);
         add_tensor(&w, T("ffn_up.weight"), o.type, o.dim, o.ff, s_in, 0.0f);
-        add_tensor(&w, T("ffn_down.weight"), o.type, o.ff, o.dim, s_ff, 0.0f);
+        add_tensor(&w, T("ffn_down.weight"), vd_type, o.ff, o.dim, s_ff, 0.0f);
 #undef T
     }
     add_tensor(&w, "output_norm.weight", LW_TYPE_F32, o.dim, 1, 0.2f, 1.0f);
