@@ -711,7 +711,7 @@ typedef struct lw_engine_desc {
     int          max_queue;      // waiting requests (0: no limit); beyond it submit gives LW_QUEUE_FULL
     int          token_budget;   // rows per step (0: 512)
     int          kv_page_size;   // positions per KV page (0: 16)
-    int64_t      kv_tokens;      // KV pool capacity in positions (0: 4 x n_ctx, or kv_bytes)
+    int64_t      kv_tokens;      // KV pool capacity in positions (0: 4 x n_ctx, or kv_bytes); doubled with a draft model
     int64_t      kv_bytes;       // or in bytes
     lw_type      kv_type;        // LW_TYPE_F32 (0) or LW_TYPE_F16
     bool         prefill_first;  // schedule prompt chunks before decode rows
@@ -8057,6 +8057,7 @@ LWDEF lw_result lw_engine_create(lw_engine** out, lw_model* model, lw_backend* b
     cd.kv_page_size = d.kv_page_size;
     cd.kv_bytes = d.kv_bytes;
     cd.kv_tokens = d.kv_tokens ? d.kv_tokens : d.kv_bytes ? 0 : 4 * (int64_t)(d.n_ctx ? d.n_ctx : model->info.n_ctx_train);
+    if (d.draft_model) cd.kv_tokens *= 2;   // every target position can have a draft position beside it
     cd.kv_type = d.kv_type;
     cd.allocator = d.allocator;
     cd.logger = d.logger;

@@ -162,6 +162,7 @@ static void check_greedy(lw_model* m, lw_model* draft, const char* draft_name, c
             run_opts o = mode_cases[k].o;
             o.max_tokens = max_tokens;
             lw_request_info info;
+            memset(&info, 0, sizeof info);
             int ng = generate(m, mode_cases[k].needs_draft ? draft : NULL, pr, np, tx, &o, got, &info);
             int diff = -1;
             for (int i = 0; i < LW__MIN(ng, nw) && diff < 0; i++) if (got[i] != want[i]) diff = i;
@@ -186,9 +187,6 @@ static void test_greedy_shipped_random_draft(void) {
     lw_model *m = NULL, *draft = NULL;
     LWT_REQUIRE(lw_model_load(&m, "models/tiny-shakespeare.gguf", NULL) == LW_OK, "load: %s", lw_last_error());
     // a random draft with the same vocabulary: almost nothing is accepted (the rejection path)
-    gw_file w = gw_begin(3);
-    (void)w;
-    gw_free(&w);
     char path[] = "build/test_spec_draft.gguf";
     char cmd[256];
     snprintf(cmd, sizeof cmd, "%s/mkmodel -o %s --dim 64 --layers 1 --heads 2 --ff 128 --ctx 256 --vocab-from models/tiny-shakespeare.gguf 2>/dev/null",
@@ -212,6 +210,31 @@ static void test_greedy_shipped_self_and_trained_draft(void) {
     } else {
         printf("  (models/tiny-shakespeare-draft.gguf not found: trained draft not checked)\n");
     }
+    lw_model_free(m);
+}
+
+// A pool of exactly one context of target positions per running sequence (what the CLI asks for): the
+// draft's positions come on top (the engine doubles the pool), so a draft model does not cut generation short.
+static void test_spec_pool_of_one_context(void) {
+    lw_model* m = NULL;
+    LWT_REQUIRE(lw_model_load(&m, "models/tiny-shakespeare.gguf", NULL) == LW_OK, "load: %s", lw_last_error());
+    static int32_t want[512];
+    const int32_t bos[1] = { 1 };
+    int n_ctx = m->info.n_ctx_train, max_tokens = n_ctx - 8;
+    run_opts ar = { LW_MODE_AR, { 0, false, NULL, 0, 0, 0, 0, 0 }, 0.0f, max_tokens };
+    int nw = generate(m, NULL, bos, 1, NULL, &ar, want, NULL);
+    LWT_REQUIRE(nw == max_tokens, "greedy baseline: %d ids", nw);
+    lw_engine* e = engine_new(m, m, 1, n_ctx);
+    LWT_REQUIRE(e != NULL, "engine");
+    run_opts o = mode_cases[0].o;
+    o.max_tokens = max_tokens;
+    lw_request h = submit(e, bos, 1, NULL, &o, 1);
+    lw_engine_run(e);
+    lw_request_info info;
+    LWT_REQUIRE(lw_request_get(e, h, &info) == LW_OK, "request");
+    LWT_CHECK(info.n_ids == nw && memcmp(info.ids, want, sizeof(int32_t) * (size_t)nw) == 0,
+              "spec with a pool of %d positions: %d ids (greedy %d)", n_ctx, info.n_ids, nw);
+    lw_engine_free(e);
     lw_model_free(m);
 }
 
@@ -272,7 +295,7 @@ static void check_mixed(int64_t kv_tokens) {
     lw_model_free(m);
 }
 static void test_mixed_modes_batched(void) { check_mixed(0); }
-static void test_mixed_modes_preempted(void) { check_mixed(640); }
+static void test_mixed_modes_preempted(void) { check_mixed(320); }   // 640 positions with the draft's
 
 // ---- KV accounting: after every step, sequences hold exactly the accepted positions
 
@@ -457,6 +480,7 @@ static void test_sampling_same_seed_as_ar(void) {
             o.temperature = 0.5f;
             o.max_tokens = 80;
             lw_request_info info;
+            memset(&info, 0, sizeof info);
             int ng = generate(m, NULL, NULL, 0, shakespeare[c], &o, got, &info);
             LWT_CHECK(ng == nw && memcmp(got, want, (size_t)nw * 4) == 0, "%s, case %d: sampled ids differ from plain sampling's", mode_cases[k].name, c);
             accepted[k] += info.accepted;
@@ -517,6 +541,7 @@ int main(int argc, char** argv) {
     if (lw_backend_create(&backend, &bd) != LW_OK) { printf("backend: %s\n", lw_last_error()); return 1; }
     LWT_RUN(test_greedy_shipped_random_draft);
     LWT_RUN(test_greedy_shipped_self_and_trained_draft);
+    LWT_RUN(test_spec_pool_of_one_context);
     LWT_RUN(test_greedy_random_models);
     LWT_RUN(test_mixed_modes_batched);
     LWT_RUN(test_mixed_modes_preempted);

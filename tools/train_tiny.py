@@ -365,9 +365,19 @@ AR_CONFIG = dict(dim=192, n_layer=4, n_head=3, n_head_kv=1, ffn_dim=512, ctx=256
 AR_TRAIN = dict(steps=900, batch=16, seq=256, lr=2e-3, min_lr=2e-4, warmup=50,
                 weight_decay=0.1, grad_clip=1.0, log_every=25, eval_every=150)
 
+# The draft model for speculative decoding: the same vocabulary (the shipped tokenizer, reused rather
+# than retrained, so the ids are the same by construction) and about an eighth of the target's
+# parameters, so one draft step costs a fraction of a target step.
+DRAFT_CONFIG = dict(dim=96, n_layer=2, n_head=3, n_head_kv=1, ffn_dim=256, ctx=256,
+                    norm_eps=1e-5, rope_base=10000.0, tied=True)
+DRAFT_TRAIN = dict(AR_TRAIN, steps=900, lr=3e-3, min_lr=3e-4)
+
 MODELS = {
     "ar": dict(name="tiny-shakespeare", config=AR_CONFIG, train=AR_TRAIN,
                build=Llama, loss=ar_loss, export=export_llama),
+    "draft": dict(name="tiny-shakespeare-draft", config=DRAFT_CONFIG, train=DRAFT_TRAIN,
+                  build=Llama, loss=ar_loss, export=export_llama,
+                  tokenizer_from="tiny-shakespeare.tokenizer.model"),
 }
 
 GREEDY_PROMPT = "ROMEO:\nBut soft, what light"
@@ -413,10 +423,16 @@ def main():
     text = open(args.data, encoding="utf-8").read()
     train_text, val_text = split_corpus(text)
     t0 = time.time()
-    sp, sp_proto = train_tokenizer(train_text)
-    with open(os.path.join(args.out_dir, spec["name"] + ".tokenizer.model"), "wb") as f:
-        f.write(sp_proto)  # the SentencePiece model, for Python reference tests and later models
-    log("tokenizer: %d pieces in %.1fs" % (sp.get_piece_size(), time.time() - t0))
+    if spec.get("tokenizer_from"):  # the shipped vocabulary, shared with the model this one serves
+        with open(os.path.join(DEFAULT_OUT, spec["tokenizer_from"]), "rb") as f:
+            sp_proto = f.read()
+        sp = spm.SentencePieceProcessor(model_proto=sp_proto)
+        log("tokenizer: %d pieces from models/%s" % (sp.get_piece_size(), spec["tokenizer_from"]))
+    else:
+        sp, sp_proto = train_tokenizer(train_text)
+        with open(os.path.join(args.out_dir, spec["name"] + ".tokenizer.model"), "wb") as f:
+            f.write(sp_proto)  # the SentencePiece model, for Python reference tests and later models
+        log("tokenizer: %d pieces in %.1fs" % (sp.get_piece_size(), time.time() - t0))
     train_ids = torch.tensor(sp.encode(train_text), dtype=torch.long)
     val_ids = torch.tensor(sp.encode(val_text), dtype=torch.long)
     log("data: %d chars -> %d train tokens, %d chars -> %d val tokens" % (
