@@ -4146,6 +4146,7 @@ typedef struct lw__pool {
     int              finished;       // workers done with the current dispatch
     int              barrier_count;
     int              barrier_phase;
+    int              active;         // threads in the current dispatch: n_threads, or 1 (lw__pool_run_alone)
     lw__task_fn      fn;
     void*            arg;
 #endif
@@ -4256,10 +4257,23 @@ static void lw__pool_run(lw__pool* pool, lw__task_fn fn, void* arg) {
     fn(arg, 0, 1);
 }
 
+// The task on the calling thread alone (nth = 1), the workers left asleep: for work too small to pay
+// for waking and synchronising them.
+static void lw__pool_run_alone(lw__pool* pool, lw__task_fn fn, void* arg) {
+#ifndef LW_NO_THREADS
+    pool->active = 1;
+    fn(arg, 0, 1);
+    pool->active = pool->n_threads;
+#else
+    fn(arg, 0, 1);
+    (void)pool;
+#endif
+}
+
 // All threads of the current dispatch wait here until every one has arrived.
 static void lw__barrier(lw__pool* pool) {
 #ifndef LW_NO_THREADS
-    if (pool->n_threads <= 1) return;
+    if (pool->n_threads <= 1 || pool->active == 1) return;
     int phase = LW__LOAD(&pool->barrier_phase);
     if (LW__FETCH_ADD(&pool->barrier_count, 1) == pool->n_threads - 1) {
         LW__STORE(&pool->barrier_count, 0);
@@ -5996,7 +6010,13 @@ static lw_result lw__cpu_forward(void* self, void* prepared, const lw__fwd* f) {
         for (int i = 0; i < f->seqs[s].n_rows; i++) J.row_in_seq[f->seqs[s].rows[i]] = i;
     for (int r = 0; r < n; r++)
         if (f->rows[r].wants_logits) J.logit_rows[J.n_logits++] = r;
-    lw__pool_run(&cpu->pool, lw__cpu_forward_thread, &J);
+    // Below ~32M multiply-adds (a 2M-parameter model's forward of up to 16 rows) a forward takes less
+    // time than waking a second thread and meeting it at a dozen barriers, which on a loaded or
+    // virtualised machine can cost milliseconds. The results are the same for any thread count.
+    double macs = (double)n * ((double)c->n_layer * ((double)c->n_embd * (q_dim + 2.0 * kv_dim) + (double)q_dim * c->n_embd +
+                                                     3.0 * c->n_embd * c->n_ff) + (double)c->n_embd * c->n_vocab);
+    if (macs < 33554432.0) lw__pool_run_alone(&cpu->pool, lw__cpu_forward_thread, &J);
+    else lw__pool_run(&cpu->pool, lw__cpu_forward_thread, &J);
     return LW_OK;
 }
 
