@@ -1,6 +1,7 @@
 # llmwall - make targets
 #   make all        the CLI, tools, examples and test programs (in build/)
 #   make run        generate Shakespeare with the embedded default model
+#   make run-spec   the same greedily, plainly and then speculatively with its draft model (statistics on stderr)
 #   make test       build and run every test; ends with "N passed, N failed, N skipped"
 #   make test-asan  the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make test-arm   cross-built for 64-bit ARM (aarch64-linux-gnu-gcc, static) and run under qemu-user
@@ -23,12 +24,12 @@ SAN      = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 MODEL   ?= models/tiny-shakespeare.gguf
 PROMPT  ?= ROMEO:
 
-TOOLS    = $(BUILD)/llmwall $(BUILD)/mkmodel $(BUILD)/bench $(BUILD)/skipsearch
+TOOLS    = $(BUILD)/llmwall $(BUILD)/mkmodel $(BUILD)/bench $(BUILD)/skipsearch $(BUILD)/roofline
 TESTS    = $(patsubst tests/%.c,$(BUILD)/%,$(wildcard tests/test_*.c)) $(BUILD)/test_cpp
 EXAMPLES = $(patsubst examples/%.c,$(BUILD)/example_%,$(wildcard examples/*.c))
 HEADERS  = llmwall.h tools/gguf_writer.h tests/lwtest.h
 
-.PHONY: all run test test-asan test-arm bench clean check-deps
+.PHONY: all run run-spec test test-asan test-arm bench clean check-deps
 all: check-deps $(TOOLS) $(TESTS) $(EXAMPLES)
 
 check-deps:
@@ -51,6 +52,11 @@ $(BUILD):
 
 run: check-deps $(BUILD)/llmwall
 	$(BUILD)/llmwall -m $(MODEL) -p "$(PROMPT)" -n 200
+
+DRAFT   ?= models/tiny-shakespeare-draft.gguf
+run-spec: check-deps $(BUILD)/llmwall
+	$(BUILD)/llmwall -m $(MODEL) -p "$(PROMPT)" -n 200 --temp 0
+	$(BUILD)/llmwall -m $(MODEL) -p "$(PROMPT)" -n 200 --temp 0 --mode spec --draft $(DRAFT)
 
 test: check-deps $(TOOLS) $(TESTS) $(EXAMPLES)
 	@BUILD=$(BUILD) sh tests/run.sh

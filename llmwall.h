@@ -6462,8 +6462,11 @@ static void lw__forward_stats(const lw__fwd* f, int n_logits, lw_forward_stats* 
         for (int s = 0; s < f->n_seqs; s++) {
             const lw__fwd_seq* q = &f->seqs[s];
             st->kv_bytes_read += per_pos * q->kv_len;
-            // scores and weighted sum: 2 * 2 * head_dim per (query head, visible position)
-            double visible = (double)q->n_rows * q->kv_len + (double)q->n_rows * (q->n_rows + 1) / 2.0;
+            // scores and weighted sum: 2 * 2 * head_dim per (query head, visible position); within the
+            // batch a full mask sees every row, the others about the causal half (block and explicit masks
+            // counted as causal)
+            double in_batch = q->mask == LW_MASK_FULL ? (double)q->n_rows * q->n_rows : (double)q->n_rows * (q->n_rows + 1) / 2.0;
+            double visible = (double)q->n_rows * q->kv_len + in_batch;
             st->flops += 4.0 * c->n_head * c->head_dim * visible;
         }
         for (int r = 0; r < f->n_rows; r++)

@@ -3,6 +3,7 @@
 # speed-up over plain decoding, at batch 1 and as the batch grows.
 #
 #   bench/spec.sh [BATCHES]        (default "1 2 4 8 16"; THREADS=2, N=200 tokens per request)
+#   M=model.gguf D=draft.gguf SKIP=4,5,6 PROSE="text" bench/spec.sh 1 4    (another model; SKIP skips the search)
 #
 # Modes: ar (the baseline), spec with models/tiny-shakespeare-draft.gguf, selfspec with the skip set that
 # build/skipsearch picks, lookup and lookahead. Greedy (--temp 0), so every mode emits the same tokens and
@@ -14,10 +15,10 @@ cd "$(dirname "$0")/.."
 BATCHES=${*:-1 2 4 8 16}
 THREADS=${THREADS:-2}
 N=${N:-200}
-M=models/tiny-shakespeare.gguf
-D=models/tiny-shakespeare-draft.gguf
+M=${M:-models/tiny-shakespeare.gguf}
+D=${D:-models/tiny-shakespeare-draft.gguf}
 make -s build/llmwall build/skipsearch
-PROSE="ROMEO:"
+PROSE=${PROSE:-ROMEO:}
 REPEAT="First Citizen:
 Before we proceed any further, hear me speak.
 
@@ -33,7 +34,7 @@ Speak, speak.
 First Citizen:
 "
 # the best-scoring single layer that skipsearch tried (its overall pick may be "none" on a 4-layer model)
-SKIP=$(build/skipsearch -m "$M" -p "$PROSE" -n 64 -t "$THREADS" 2>/dev/null | sed -n 's/^ *skip \([0-9,]*\):.*score \([0-9.]*\).*/\2 \1/p' | sort -n | tail -n 1 | cut -d' ' -f2)
+[ -n "${SKIP:-}" ] || SKIP=$(build/skipsearch -m "$M" -p "$PROSE" -n 64 -t "$THREADS" 2>/dev/null | sed -n 's/^ *skip \([0-9,]*\):.*score \([0-9.]*\).*/\2 \1/p' | sort -n | tail -n 1 | cut -d' ' -f2)
 [ -n "$SKIP" ] || SKIP=1
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "model $M, draft $D, selfspec skip set $SKIP (build/skipsearch), $N tokens per request, -t $THREADS"

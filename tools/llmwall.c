@@ -495,6 +495,7 @@ int main(int argc, char** argv) {
         lw_request_get(engine, handles[0], &in);
         stream_start(&run.stream);   // nothing generated: still show the prompt
         printf("\n");
+        fflush(stdout);   // the text before the statistics when both go to one terminal
         fprintf(stderr, "[%d prompt + %d generated tokens (%s), ttft %.1f ms, %.2f ms/token, %.1f tokens/s, %d forwards",
                 in.n_prompt, in.n_ids, finish_name(in.finish), in.ttft_ms, in.tpot_ms, in.tpot_ms > 0 ? 1000.0 / in.tpot_ms : 0.0,
                 in.forwards);
