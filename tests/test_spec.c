@@ -34,6 +34,10 @@ static void add_tensor(gw_file* w, const char* name, int ne0, int ne1, float sca
     free(x);
 }
 
+// the bytes of the in-memory models: a model reads them until it is freed, so they go at exit
+static void* model_bytes[16];
+static int   n_model_bytes;
+
 // a Llama of `layers` layers, width `dim`, vocabulary `vocab`; logits of order `spread`
 static lw_model* random_model(uint64_t seed, int vocab, int dim, int layers, float spread) {
     rng = seed * 0x9E3779B97F4A7C15ull + 7;
@@ -67,6 +71,8 @@ static lw_model* random_model(uint64_t seed, int vocab, int dim, int layers, flo
     // the model keeps using the bytes: hand it a copy that lives as long as the process
     void* data = malloc(w.size);
     memcpy(data, w.data, w.size);
+    LW_ASSERT(n_model_bytes < (int)(sizeof model_bytes / sizeof model_bytes[0]));
+    model_bytes[n_model_bytes++] = data;
     lw_model* m = NULL;
     if (lw_model_load_memory(&m, data, w.size, NULL) != LW_OK) printf("random model: %s\n", lw_last_error());
     gw_free(&w);
@@ -550,5 +556,6 @@ int main(int argc, char** argv) {
     LWT_RUN(test_sampling_same_seed_as_ar);
     LWT_RUN(test_refusals);
     lw_backend_free(backend);
+    for (int i = 0; i < n_model_bytes; i++) free(model_bytes[i]);
     return lwt_finish();
 }
