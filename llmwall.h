@@ -668,6 +668,9 @@ typedef struct lw_request_info {
     int               drafted;      // speculative modes: tokens proposed
     int               accepted;     // ... and accepted by the target
     bool              met_slo;      // finished, and within its TTFT and TPOT targets
+    const int32_t*    canvas;       // diffusion modes: [n_canvas] the positions being refined, masks included,
+    int               n_canvas;     //   as the latest step left them, from position canvas_pos (masked diffusion:
+    int               canvas_pos;   //   the whole generation; block diffusion: the current block); NULL otherwise
 } lw_request_info;
 
 // One step, as the hardware saw it.
@@ -6852,6 +6855,7 @@ typedef struct lw__mode_i {
     int       (*plan)(lw__decoder* d, lw_row* rows, int budget, lw_seq_mask* masks, int* n_masks);   // up to LW__PLAN_MASKS masks
     lw_result (*absorb)(lw__decoder* d, const float* logits);
     int       (*min_rows)(const lw__decoder* d);   // optional: rows its passes need at the least (checked at submit)
+    int       (*canvas)(const lw__decoder* d, const int32_t** tokens, int* pos);   // optional: the positions it refines
     bool        causal_cache;   // its cached positions are causal prefixes: it may share pages with others that are
 } lw__mode_i;
 
@@ -6949,7 +6953,7 @@ static lw_result lw__ar_absorb(lw__decoder* d, const float* logits) {
     return LW_OK;
 }
 
-static const lw__mode_i lw__mode_ar = { "ar", NULL, NULL, lw__ar_reserve, NULL, NULL, lw__ar_plan, lw__ar_absorb, NULL, true };
+static const lw__mode_i lw__mode_ar = { "ar", NULL, NULL, lw__ar_reserve, NULL, NULL, lw__ar_plan, lw__ar_absorb, NULL, NULL, true };
 
 // ---- speculative verification, shared by the speculative modes
 //
@@ -7166,9 +7170,9 @@ static lw_result lw__spec_absorb(lw__decoder* d, const float* logits) {
 }
 
 static const lw__mode_i lw__mode_spec = { "spec", lw__spec_init, lw__spec_release, lw__spec_reserve, lw__spec_draft_plan,
-                                          lw__spec_draft_absorb, lw__spec_plan, lw__spec_absorb, NULL, true };
+                                          lw__spec_draft_absorb, lw__spec_plan, lw__spec_absorb, NULL, NULL, true };
 static const lw__mode_i lw__mode_selfspec = { "selfspec", lw__spec_init, lw__spec_release, lw__spec_reserve, lw__spec_draft_plan,
-                                              lw__spec_draft_absorb, lw__spec_plan, lw__spec_absorb, NULL, true };
+                                              lw__spec_draft_absorb, lw__spec_plan, lw__spec_absorb, NULL, NULL, true };
 
 // ---- LOOKUP: the draft is what followed the latest earlier occurrence of the context's last n-gram
 
@@ -7252,7 +7256,7 @@ static lw_result lw__lookup_absorb(lw__decoder* d, const float* logits) {
 }
 
 static const lw__mode_i lw__mode_lookup = { "lookup", lw__lookup_init, lw__lookup_release, lw__lookup_reserve, NULL, NULL,
-                                            lw__lookup_plan, lw__lookup_absorb, NULL, true };
+                                            lw__lookup_plan, lw__lookup_absorb, NULL, NULL, true };
 
 // ---- LOOKAHEAD (Fu 2024): Jacobi iteration on a window of guesses, harvesting n-grams
 //
@@ -7446,7 +7450,7 @@ static lw_result lw__lookahead_absorb(lw__decoder* d, const float* logits) {
 }
 
 static const lw__mode_i lw__mode_lookahead = { "lookahead", lw__lookahead_init, lw__lookahead_release, lw__lookahead_reserve, NULL,
-                                               NULL, lw__lookahead_plan, lw__lookahead_absorb, NULL, true };
+                                               NULL, lw__lookahead_plan, lw__lookahead_absorb, NULL, NULL, true };
 
 // ---- shared by the diffusion modes
 //
@@ -7597,6 +7601,13 @@ static void lw__mdiff_release(lw__decoder* d, bool state) {
     d->state = NULL;
 }
 
+static int lw__mdiff_canvas(const lw__decoder* d, const int32_t** tokens, int* pos) {
+    const lw__mdiff* s = (const lw__mdiff*)d->state;
+    *tokens = s->canvas + s->P;
+    *pos = s->P;
+    return s->G;
+}
+
 static int lw__mdiff_rows(const lw__mdiff* s) { return (s->P + s->G) * (s->cfg > 0.0f ? 2 : 1); }
 static int lw__mdiff_min_rows(const lw__decoder* d) { return lw__mdiff_rows((const lw__mdiff*)d->state); }
 
@@ -7693,6 +7704,7 @@ static lw_result lw__mdiff_absorb(lw__decoder* d, const float* logits) {
 typedef struct lw__bdiff {
     int       B, start;      // block size; first position of the current block
     int32_t*  canvas;        // [B] the current block
+    bool      advance;       // the current block is finished: the next pass starts the next one
     float     tau;
     int       per_step;      // > 0: unmask this many per step instead of the threshold rule
     int32_t   mask_id;
@@ -7745,9 +7757,22 @@ static void lw__bdiff_release(lw__decoder* d, bool state) {
 
 static int lw__bdiff_min_rows(const lw__decoder* d) { return 2 * ((const lw__bdiff*)d->state)->B; }
 
+static int lw__bdiff_canvas(const lw__decoder* d, const int32_t** tokens, int* pos) {
+    const lw__bdiff* s = (const lw__bdiff*)d->state;
+    *tokens = s->canvas;
+    *pos = s->start;
+    return s->B;
+}
+
 static int lw__bdiff_reserve(lw__decoder* d, int budget, int* kv_target, int* kv_draft) {
     lw__bdiff* s = (lw__bdiff*)d->state;
     *kv_draft = 0;
+    if (s->advance) {   // the finished block (kept in view until now) folds into the next block's first pass
+        s->advance = false;
+        s->start += s->B;
+        s->fold = true;
+        for (int i = 0; i < s->B; i++) s->canvas[i] = s->mask_id;
+    }
     int committed_end = s->fold ? s->start - s->B : s->start;   // what the cache must hold before the block runs
     if (d->n_fed < committed_end) {   // prefill whole blocks (block attention needs a block in one pass)
         int n = LW__MIN(committed_end - d->n_fed, budget / s->B * s->B);
@@ -7826,16 +7851,14 @@ static lw_result lw__bdiff_absorb(lw__decoder* d, const float* logits) {
     if (!lw__diffusion_emit(d, s->canvas, from, s->B)) return LW_OK;
     if (eog) { lw__decoder_finish(d, LW_FINISH_STOP); return LW_OK; }
     if (s->start + 2 * s->B > d->ctx->n_ctx) { lw__decoder_finish(d, LW_FINISH_LENGTH); return LW_OK; }
-    s->start += s->B;
-    s->fold = true;
-    for (int i = 0; i < s->B; i++) s->canvas[i] = s->mask_id;
+    s->advance = true;
     return LW_OK;
 }
 
 static const lw__mode_i lw__mode_diffusion = { "diffusion", lw__mdiff_init, lw__mdiff_release, lw__mdiff_reserve, NULL, NULL,
-                                               lw__mdiff_plan, lw__mdiff_absorb, lw__mdiff_min_rows, false };
+                                               lw__mdiff_plan, lw__mdiff_absorb, lw__mdiff_min_rows, lw__mdiff_canvas, false };
 static const lw__mode_i lw__mode_block = { "block", lw__bdiff_init, lw__bdiff_release, lw__bdiff_reserve, NULL, NULL,
-                                           lw__bdiff_plan, lw__bdiff_absorb, lw__bdiff_min_rows, false };
+                                           lw__bdiff_plan, lw__bdiff_absorb, lw__bdiff_min_rows, lw__bdiff_canvas, false };
 
 static const lw__mode_i* lw__mode_of(lw_decode_mode m) {
     switch (m) {
@@ -8280,6 +8303,8 @@ LWDEF lw_result lw_request_get(lw_engine* e, lw_request request, lw_request_info
     out->met_slo = q->state == LW_REQUEST_FINISHED && q->finish != LW_FINISH_ERROR && q->finish != LW_FINISH_CANCELLED &&
                    (q->desc.ttft_target_ms <= 0.0 || (n_gen > 0 && out->ttft_ms <= q->desc.ttft_target_ms)) &&
                    (q->desc.tpot_target_ms <= 0.0 || out->tpot_ms <= q->desc.tpot_target_ms);
+    if (q->dec.mode && q->dec.mode->canvas && q->dec.state)
+        out->n_canvas = q->dec.mode->canvas(&q->dec, &out->canvas, &out->canvas_pos);
     return LW_OK;
 }
 

@@ -312,6 +312,8 @@ static void log_stderr(lw_log_level level, const char* msg, void* user) {
 
 // ---- requests through the engine
 
+typedef struct cli_req_done { lw_request h; int index; } cli_req_done;
+
 typedef struct cli_run {
     const cli_opts*  o;
     lw_engine*       engine;
@@ -320,6 +322,8 @@ typedef struct cli_run {
     int              streaming;      // one request without --json: stream its text
     stream_state     stream;
     int              failed;
+    cli_req_done*    done;           // [n_requests] finished in the current step, reported after it
+    int              n_done;
 } cli_run;
 
 typedef struct cli_req { cli_run* run; int index; } cli_req;
@@ -375,12 +379,21 @@ static void on_event(const lw_event* ev) {
         run->failed = 1;
         return;
     }
-    if (run->o->json) print_json(run, ev->request);
-    else if (!run->streaming) {   // several requests: each one's text when it ends
+    run->done[run->n_done].h = ev->request;   // reported once the step is over, so the engine's figures include it
+    run->done[run->n_done++].index = cr->index;
+}
+
+// Reports the requests that finished in the last step: a JSON line each, or (several requests) their texts.
+static void report_finished(cli_run* run) {
+    for (int i = 0; i < run->n_done; i++) {
+        if (run->o->json) { print_json(run, run->done[i].h); continue; }
+        if (run->streaming) continue;
         lw_request_info in;
-        lw_request_get(run->engine, ev->request, &in);
-        printf("--- request %d (%s, %d tokens)\n%.*s\n", cr->index, finish_name(in.finish), in.n_ids, (int)in.text_len, in.text);
+        lw_request_get(run->engine, run->done[i].h, &in);
+        printf("--- request %d (%s, %d tokens)\n%.*s\n", run->done[i].index, finish_name(in.finish), in.n_ids, (int)in.text_len,
+               in.text);
     }
+    run->n_done = 0;
 }
 
 // one prompt per line; empty lines are skipped
@@ -463,6 +476,7 @@ int main(int argc, char** argv) {
     run.streaming = !o.json && n_requests == 1;
     run.stream.prompt = o.prompt_ids ? NULL : o.prompt;
     cli_req* reqs = (cli_req*)calloc((size_t)n_requests, sizeof(cli_req));
+    run.done = (cli_req_done*)calloc((size_t)n_requests, sizeof(cli_req_done));
     lw_request* handles = (lw_request*)calloc((size_t)n_requests, sizeof(lw_request));
     for (int i = 0; i < n_requests && !status; i++) {
         lw_request_desc rd;
@@ -485,7 +499,11 @@ int main(int argc, char** argv) {
             status = 1;
         }
     }
-    lw_result r = status ? LW_OK : lw_engine_run(engine);
+    lw_result r = LW_OK;
+    while (!status && r == LW_OK && !lw_engine_idle(engine)) {
+        r = lw_engine_step(engine);
+        report_finished(&run);
+    }
     if (!status && (r != LW_OK || run.failed)) {
         if (run.stream.started) printf("\n");
         fprintf(stderr, "error: %s\n", lw_last_error());
@@ -509,6 +527,7 @@ int main(int argc, char** argv) {
                 (long long)es.preemptions, lw_backend_name(backend), lw_backend_threads(backend));
     }
     free(reqs);
+    free(run.done);
     free(handles);
     for (int i = 0; prompts && i < n_prompts; i++) free(prompts[i]);
     free(prompts);
