@@ -893,6 +893,9 @@ typedef struct lw__backend_i {
 #ifdef LW_CUDA
 // Exported by llmwall_cuda.cu: creates the CUDA backend on a device or fails with a message.
 lw_result lw__cuda_backend_create(int device, const lw__backend_i** vtable, void** self, char* err, size_t err_size);
+// Exported by llmwall_cuda.cu for tools/bench: the device's name and measured peaks, a device-to-device
+// copy (GB/s, bytes read + written) and a large F16 cuBLAS GEMM with F32 accumulation (TFLOP/s).
+lw_result lw__cuda_measure_peaks(int device, double* copy_gbs, double* gemm_tflops, char* name, size_t name_size, char* err, size_t err_size);
 #endif
 
 #ifdef __cplusplus
