@@ -5786,68 +5786,126 @@ typedef struct lw__cpu_job {
     float*             hb2;      // [n][n_ff]      up
     uint8_t*           xq[2];    // [n][max width] the input of the next matrix product as Q8_0, and as Q8_K (quantised weights)
     float*             rope;     // [n][rope_dim]  cos/sin pairs per row
-    float*             scores;   // [nth][max_visible] attention scores, one buffer per thread
+    float*             scores;   // [nth][n_head][max_visible] attention scores, one buffer per thread
     int                max_visible;
     int32_t*           row_in_seq;   // [n] index of each row within its sequence's rows
     int32_t*           logit_rows;   // [n_logits] rows wanting logits, in batch order
     int                n_logits;
 } lw__cpu_job;
 
-// Attention of batch row r, head h, at layer `layer`: softmax over the committed positions of its sequence
-// (in position order), then the batch rows its mask allows (in batch order).
-static void lw__cpu_attend(const lw__cpu_job* J, int layer, int r, int h, float* scores) {
+// Scores of nh query heads (x rows of hd floats, contiguous) against m K entries kv_row bytes apart,
+// in tiles the kernel set takes: y[h * y_stride + t] = K entry t . query h. By the tile contract each
+// score is that one dot product, however the entries are grouped.
+static void lw__cpu_scores(const lw__cpu_kernels* K, lw_type kv_type, const uint8_t* k0, size_t kv_row, int m,
+                           const float* q, int nh, int hd, float* y, size_t y_stride) {
+    for (int t = 0; t < m; t += K->tile_cols)
+        for (int h = 0; h < nh; h += K->tile_rows)
+            K->tile[kv_type](k0 + (size_t)t * kv_row, kv_row, (const uint8_t*)(q + (size_t)h * hd), (size_t)hd * sizeof(float), hd,
+                             LW__MIN(K->tile_cols, m - t), LW__MIN(K->tile_rows, nh - h), y + (size_t)h * y_stride + t, y_stride, 0);
+}
+
+// out[h] += sum over t of p[h * p_stride + t] * V entry t, for nh heads (out rows of hd floats,
+// contiguous) and m V entries kv_row bytes apart, t in increasing order: per element the same chain of
+// multiply-adds however the entries are grouped. F32 entries are read in place, 16 elements of a head
+// at a time summed over all m entries in registers; other types are converted an entry at a time.
+static void lw__cpu_add_v(const lw__type_traits* kt, const uint8_t* v0, size_t kv_row, int m, int hd, const float* p,
+                          size_t p_stride, int nh, float* LW__RESTRICT out, float* LW__RESTRICT tmp /* [512] */) {
+    if (kt == &lw__types[LW_TYPE_F32]) {
+        for (int h = 0; h < nh; h++) {
+            const float* ph = p + (size_t)h * p_stride;
+            float* o = out + (size_t)h * hd;
+            int d0 = 0;
+            for (; d0 + 16 <= hd; d0 += 16) {
+                float acc[16];
+                memcpy(acc, o + d0, sizeof acc);
+                for (int t = 0; t < m; t++) {
+                    const float* v = (const float*)(v0 + (size_t)t * kv_row) + d0;
+                    for (int e = 0; e < 16; e++) acc[e] += ph[t] * v[e];
+                }
+                memcpy(o + d0, acc, sizeof acc);
+            }
+            for (int t = 0; t < m; t++)
+                for (int d = d0; d < hd; d++) o[d] += ph[t] * ((const float*)(v0 + (size_t)t * kv_row))[d];
+        }
+        return;
+    }
+    for (int t = 0; t < m; t++) {
+        const uint8_t* v = v0 + (size_t)t * kv_row;
+        for (int d0 = 0; d0 < hd; d0 += 512) {
+            int w = LW__MIN(512, hd - d0);
+            kt->to_float(v + (size_t)d0 * kt->type_size, tmp, w);
+            for (int h = 0; h < nh; h++) {
+                float ph = p[(size_t)h * p_stride + t];
+                float* LW__RESTRICT o = out + (size_t)h * hd + d0;
+                for (int d = 0; d < w; d++) o[d] += ph * tmp[d];
+            }
+        }
+    }
+}
+
+// Attention of batch row r at layer `layer` for the query heads of KV heads [kv0, kv1): per head, a
+// softmax over the committed positions of its sequence (in position order), then the batch rows its mask
+// allows (in batch order). Entries are visited a page (or a run of consecutive batch rows) at a time and
+// within it head by head, so a page's K and V are read from memory once for all the heads; per head the
+// sums run in the same order however the work is grouped, so a row's result depends only on its own
+// visible entries.
+static void lw__cpu_attend(const lw__cpu_job* J, int layer, int r, int kv0, int kv1, float* scores /* [heads][max_visible] */) {
     const lw__fwd* f = J->f;
     const lw__config* c = &f->w->cfg;
     const lw__kv_layout* L = f->kv;
     const lw__type_traits* kt = &lw__types[L->kv_type];
     const lw__fwd_seq* s = &f->seqs[f->row_seq[r]];
-    int hd = c->head_dim, kvh = h / (c->n_head / c->n_head_kv), q_dim = c->n_head * hd;
-    size_t elt = (size_t)kt->type_size, kv_off = (size_t)kvh * hd * elt, kv_row = (size_t)L->kv_dim * elt;
-    const float* q = J->q + (size_t)r * q_dim + (size_t)h * hd;
-    float scale = 1.0f / sqrtf((float)hd);
+    int hd = c->head_dim, g = c->n_head / c->n_head_kv, q_dim = c->n_head * hd, ps = L->page_size, nh = (kv1 - kv0) * g;
+    size_t elt = (size_t)kt->type_size, kv_row = (size_t)L->kv_dim * elt, mv = (size_t)J->max_visible;
+    const float* q = J->q + (size_t)r * q_dim + (size_t)kv0 * g * hd;   // [nh][hd]
+    float* out = J->att + (size_t)r * q_dim + (size_t)kv0 * g * hd;     // [nh][hd]
     int i = J->row_in_seq[r], n = 0;
 
-    lw__tile_fn score = J->K->tile[L->kv_type];   // a K entry . q, as a 1 x 1 tile
-    float mx = -INFINITY;
-    for (int p = 0; p < s->kv_len; p++, n++) {
-        score(lw__kv_entry(L, f->kv_pool, s->pages, p, layer, 0) + kv_off, 0, (const uint8_t*)q, 0, hd, 1, 1, &scores[n], 0, 0);
-        scores[n] *= scale;
-        mx = LW__MAX(mx, scores[n]);
-    }
-    for (int j = 0; j < s->n_rows; j++) {
-        if (!lw__mask_allows(s, f->rows, i, j)) continue;
-        score(J->kb + (size_t)s->rows[j] * kv_row + kv_off, 0, (const uint8_t*)q, 0, hd, 1, 1, &scores[n], 0, 0);
-        scores[n] *= scale;
-        mx = LW__MAX(mx, scores[n]);
-        n++;
-    }
-    float* out = J->att + (size_t)r * q_dim + (size_t)h * hd;
-    memset(out, 0, (size_t)hd * sizeof(float));
-    if (n == 0) return;
-    float sum = 0.0f;
-    for (int t = 0; t < n; t++) { scores[t] = expf(scores[t] - mx); sum += scores[t]; }
-    float tmp[512 + 16];   // one V row converted to float (head_dim <= 4096 handled in chunks below)
-    n = 0;
-    for (int p = 0; p < s->kv_len; p++, n++) {
-        const uint8_t* vrow = lw__kv_entry(L, f->kv_pool, s->pages, p, layer, 1) + kv_off;
-        for (int d0 = 0; d0 < hd; d0 += 512) {
-            int m = LW__MIN(512, hd - d0);
-            kt->to_float(vrow + (size_t)d0 * elt, tmp, m);
-            for (int d = 0; d < m; d++) out[d0 + d] += scores[n] * tmp[d];
+    // The entries row r sees, as runs of consecutive entries: committed positions [0, kv_len) a page at a
+    // time, then consecutive batch rows its mask allows. pass 0: scores; pass 1: the weighted V entries.
+    float tmp[512];
+    for (int pass = 0; pass < 2; pass++) {
+        int t = 0;
+        for (int p = 0, j = 0;;) {
+            const uint8_t* run;
+            int m;
+            if (p < s->kv_len) {
+                m = LW__MIN(ps - p % ps, s->kv_len - p);
+                run = lw__kv_entry(L, f->kv_pool, s->pages, p, layer, pass);
+                p += m;
+            } else {
+                while (j < s->n_rows && !lw__mask_allows(s, f->rows, i, j)) j++;
+                if (j == s->n_rows) break;
+                m = 1;
+                while (j + m < s->n_rows && s->rows[j + m] == s->rows[j] + m && lw__mask_allows(s, f->rows, i, j + m)) m++;
+                run = (pass ? J->vb : J->kb) + (size_t)s->rows[j] * kv_row;
+                j += m;
+            }
+            for (int kvh = kv0; kvh < kv1; kvh++) {
+                size_t hq = (size_t)(kvh - kv0) * g;   // its first query head in this job
+                const uint8_t* e = run + (size_t)kvh * hd * elt;
+                if (pass == 0) lw__cpu_scores(J->K, L->kv_type, e, kv_row, m, q + hq * hd, g, hd, scores + hq * mv + t, mv);
+                else lw__cpu_add_v(kt, e, kv_row, m, hd, scores + hq * mv + t, mv, g, out + hq * hd, tmp);
+            }
+            t += m;
+        }
+        if (pass == 1) { LW_ASSERT(t == n); break; }
+        n = t;
+        memset(out, 0, (size_t)nh * hd * sizeof(float));
+        if (n == 0) return;
+        // softmax per head: scaled scores minus their maximum; the sum divides at the end
+        float scale = 1.0f / sqrtf((float)hd);
+        for (int h = 0; h < nh; h++) {
+            float* sc = scores + (size_t)h * mv, mx = -INFINITY, total = 0.0f;
+            for (int u = 0; u < n; u++) { sc[u] *= scale; mx = LW__MAX(mx, sc[u]); }
+            for (int u = 0; u < n; u++) { sc[u] = expf(sc[u] - mx); total += sc[u]; }
+            sc[n] = total;   // kept past the scores (the buffer has room: max_visible + 1 per head)
         }
     }
-    for (int j = 0; j < s->n_rows; j++) {
-        if (!lw__mask_allows(s, f->rows, i, j)) continue;
-        const uint8_t* vrow = J->vb + (size_t)s->rows[j] * kv_row + kv_off;
-        for (int d0 = 0; d0 < hd; d0 += 512) {
-            int m = LW__MIN(512, hd - d0);
-            kt->to_float(vrow + (size_t)d0 * elt, tmp, m);
-            for (int d = 0; d < m; d++) out[d0 + d] += scores[n] * tmp[d];
-        }
-        n++;
+    for (int h = 0; h < nh; h++) {
+        float inv = 1.0f / scores[(size_t)h * mv + n];
+        for (int d = 0; d < hd; d++) out[(size_t)h * hd + d] *= inv;
     }
-    float inv = 1.0f / sum;
-    for (int d = 0; d < hd; d++) out[d] *= inv;
 }
 
 static void lw__cpu_forward_thread(void* arg, int ith, int nth) {
@@ -5915,9 +5973,14 @@ static void lw__cpu_forward_thread(void* arg, int ith, int nth) {
         }
         lw__barrier(J->pool);
 
-        float* scores = J->scores + (size_t)ith * J->max_visible;
-        for (int64_t i = ith; i < (int64_t)n * c->n_head; i += nth)
-            lw__cpu_attend(J, l, (int)(i / c->n_head), (int)(i % c->n_head), scores);
+        // a job per row (all its heads: each page read once), or, with few rows, per row and range of KV
+        // heads (about four jobs a thread, to balance them); the same numbers either way
+        int kv_jobs = LW__MIN(c->n_head_kv, LW__MAX(1, (4 * nth + n - 1) / n));
+        float* scores = J->scores + (size_t)ith * c->n_head * J->max_visible;
+        for (int64_t i = ith; i < (int64_t)n * kv_jobs; i += nth) {
+            int r = (int)(i / kv_jobs), part = (int)(i % kv_jobs);
+            lw__cpu_attend(J, l, r, c->n_head_kv * part / kv_jobs, c->n_head_kv * (part + 1) / kv_jobs, scores);
+        }
         lw__barrier(J->pool);
 
         if (lw__wants_q8(&W->wo)) {
@@ -5973,8 +6036,8 @@ static lw_result lw__cpu_forward(void* self, void* prepared, const lw__fwd* f) {
     int n = f->n_rows, nth = cpu->pool.n_threads;
     int q_dim = c->n_head * c->head_dim, kv_dim = c->n_head_kv * c->head_dim;
     size_t kv_row = (size_t)kv_dim * (size_t)lw__types[f->kv->kv_type].type_size;
-    int max_visible = 1;
-    for (int s = 0; s < f->n_seqs; s++) max_visible = LW__MAX(max_visible, f->seqs[s].kv_len + f->seqs[s].n_rows);
+    int max_visible = 1;   // entries a row may see, plus one (a head's score buffer also keeps its sum)
+    for (int s = 0; s < f->n_seqs; s++) max_visible = LW__MAX(max_visible, f->seqs[s].kv_len + f->seqs[s].n_rows + 1);
 
     // carve the scratch buffer; each piece 64-byte aligned
     int widest = LW__MAX(c->n_embd, LW__MAX(q_dim, c->n_ff));
@@ -5982,7 +6045,7 @@ static lw_result lw__cpu_forward(void* self, void* prepared, const lw__fwd* f) {
     size_t sizes[N_BUF] = {
         (size_t)n * c->n_embd * 4, (size_t)n * c->n_embd * 4, (size_t)n * q_dim * 4, (size_t)n * kv_dim * 4,
         (size_t)n * kv_dim * 4, (size_t)n * kv_row, (size_t)n * kv_row, (size_t)n * q_dim * 4,
-        (size_t)n * c->n_ff * 4, (size_t)n * (c->rope_dim + 1) * 4, (size_t)nth * max_visible * 4, (size_t)n * 8,
+        (size_t)n * c->n_ff * 4, (size_t)n * (c->rope_dim + 1) * 4, (size_t)nth * c->n_head * max_visible * 4, (size_t)n * 8,
         (size_t)n * lw_type_row_size(LW_TYPE_Q8_0, (widest + 31) / 32 * 32), (size_t)n * c->n_ff * 4,
         (size_t)n * lw_type_row_size(LW_TYPE_Q8_K, (widest + 255) / 256 * 256) };
     size_t total = 0;
@@ -7461,7 +7524,10 @@ static const lw__mode_i lw__mode_lookahead = { "lookahead", lw__lookahead_init, 
 // included) of the logits, or with temperature T of exp(logit) / (-log u)^T with u uniform (Gumbel-max,
 // in double precision, u drawn in vocabulary order); its confidence is the softmax probability of x0
 // ('low_confidence') or a uniform number ('random'). A step unmasks the most confident positions (ties
-// to the lower position): a fixed number, or every one at or above a threshold and at least one.
+// to the lower position): a fixed number, or every one at or above a threshold and at least one. A
+// position whose x0 is the mask token stays masked and is predicted again by the block's next step; a
+// block that runs until no mask is left (the threshold rule, block diffusion) also ends after a step that
+// unmasked nothing, which would otherwise repeat forever, so it may end holding mask tokens.
 
 static int32_t lw__diffusion_x0(lw__decoder* d, const float* logits, lw_remasking remasking, double* conf) {
     int nv = lw__decoder_vocab(d);
@@ -7676,15 +7742,18 @@ static lw_result lw__mdiff_absorb(lw__decoder* d, const float* logits) {
     }
     int k = s->tau > 0.0f ? -1 : s->sched[LW__MIN(s->step, s->steps - 1)];
     lw__diffusion_choose(s->conf, s->n_want, k, s->tau, s->take);
-    int left = 0;
+    int left = 0, b0 = s->P + s->block * s->L, masks = 0;
+    bool progress = false;   // a position got a token other than the mask (x0 may be the mask token itself)
     for (int i = 0; i < s->n_want; i++) {
-        if (s->take[i]) s->canvas[s->want[i]] = s->x0[i];
+        if (s->take[i]) { s->canvas[s->want[i]] = s->x0[i]; progress |= s->x0[i] != s->mask_id; }
         else left++;
     }
+    for (int t = b0; t < b0 + s->L; t++) masks += s->canvas[t] == s->mask_id;
     s->step++;
-    if (left > 0 && (s->tau > 0.0f || s->step < s->steps)) return LW_OK;
-    // the block is finished (a fixed schedule always empties it by its last step)
-    int b0 = s->P + s->block * s->L;
+    // fixed steps: the block's schedule (once every candidate was taken, only empty steps are left); threshold:
+    // until the block has no mask, or a step unmasked nothing (the next pass would see the same canvas again)
+    if (s->tau > 0.0f ? masks > 0 && progress : left > 0 && s->step < s->steps) return LW_OK;
+    // the block is finished (positions whose x0 was the mask token may still hold it)
     bool eog = false;
     for (int t = b0; t < b0 + s->L; t++) eog |= !d->ignore_eog && lw_token_is_eog(d->ctx->model, s->canvas[t]);
     if (!lw__diffusion_emit(d, s->canvas, b0, b0 + s->L)) return LW_OK;   // an end of generation, or the length
@@ -7841,16 +7910,16 @@ static lw_result lw__bdiff_absorb(lw__decoder* d, const float* logits) {
     if (s->fold) { d->n_fed += s->B; s->fold = false; }
     for (int k = 0; k < s->n_want; k++) s->x0[k] = lw__diffusion_x0(d, logits + (size_t)k * nv, LW_REMASK_LOW_CONFIDENCE, &s->conf[k]);
     lw__diffusion_choose(s->conf, s->n_want, s->per_step > 0 ? s->per_step : -1, s->tau, s->take);
-    int left = 0;
-    for (int k = 0; k < s->n_want; k++) {
-        if (s->take[k]) s->canvas[s->want[k]] = s->x0[k];
-        else left++;
-    }
-    if (left) return LW_OK;
+    int masks = 0;
+    bool progress = false;   // a position got a token other than the mask (x0 may be the mask token itself)
+    for (int k = 0; k < s->n_want; k++)
+        if (s->take[k]) { s->canvas[s->want[k]] = s->x0[k]; progress |= s->x0[k] != s->mask_id; }
+    for (int i = 0; i < s->B; i++) masks += s->canvas[i] == s->mask_id;
+    if (masks > 0 && progress) return LW_OK;   // (a step that unmasked nothing would repeat itself: the block ends)
     // the block is finished: hand over its positions after the prompt, then start the next one
-    bool eog = false;
-    for (int i = 0; i < s->B; i++) eog |= !d->ignore_eog && lw_token_is_eog(d->ctx->model, s->canvas[i]);
+    bool eog = false;   // (of the generated positions: an end token in the prompt's part of the block ends nothing)
     int from = LW__MAX(0, d->n_prompt - s->start);
+    for (int i = from; i < s->B; i++) eog |= !d->ignore_eog && lw_token_is_eog(d->ctx->model, s->canvas[i]);
     if (!lw__diffusion_emit(d, s->canvas, from, s->B)) return LW_OK;
     if (eog) { lw__decoder_finish(d, LW_FINISH_STOP); return LW_OK; }
     if (s->start + 2 * s->B > d->ctx->n_ctx) { lw__decoder_finish(d, LW_FINISH_LENGTH); return LW_OK; }
