@@ -6,6 +6,8 @@
 #   make test-asan  the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make test-arm   cross-built for 64-bit ARM (aarch64-linux-gnu-gcc, static) and run under qemu-user
 #   make bench      tools/bench on this machine (see bench/)
+#   make cuda       the CUDA backend (llmwall_cuda.cu, nvcc) and the CLI, bench and test_cuda built with it, in build/cuda
+#   make test-cuda  build/cuda/test_cuda (the GPU against the CPU; its GPU checks report skipped without a device)
 
 CC      ?= cc
 CXX     ?= c++
@@ -92,6 +94,33 @@ bench: check-deps $(BUILD)/bench $(BUILD)/mkmodel $(BUILD)/llmwall
 	  $(BUILD)/bench -m $$d/llama110m-$$w.gguf -t $$t --mode sweep --json $(BUILD)/bench-sweep-$$w.json; done; \
 	$(BUILD)/bench -m $$d/llama110m-q8_0.gguf -t $$t --mode serve --rate 1,2,4,8 --requests 32 --prompt-len uniform:16:128 \
 	  --gen-len 32 --ttft-slo 500 --tpot-slo 50 --json $(BUILD)/bench-serve-q8_0.json
+
+# ---- the CUDA backend: llmwall_cuda.cu compiled once with nvcc (sm_90 code plus compute_90 PTX for later
+# GPUs), linked into programs whose implementation file defines LW_CUDA. Builds where nvcc exists; the
+# GPU checks need a device (without one they report skipped).
+NVCC        ?= /usr/local/cuda/bin/nvcc
+CUDA        ?= /usr/local/cuda
+CUDA_ARCH   ?= -gencode arch=compute_90,code=[sm_90,compute_90]
+NVCCFLAGS   ?= -O3 -std=c++17 $(CUDA_ARCH) -Xcompiler -Wall,-Wextra
+CUDA_BUILD   = build/cuda
+CUDA_OBJ     = $(CUDA_BUILD)/llmwall_cuda.o
+CUDA_LIBS    = $(CUDA_OBJ) -L$(CUDA)/lib64 -Wl,-rpath,$(CUDA)/lib64 -lcublas -lcudart -lstdc++ $(LIBS)
+
+.PHONY: cuda test-cuda
+cuda: check-deps $(CUDA_BUILD)/llmwall $(CUDA_BUILD)/bench $(CUDA_BUILD)/test_cuda
+
+$(CUDA_OBJ): llmwall_cuda.cu llmwall.h
+	@mkdir -p $(CUDA_BUILD)
+	$(NVCC) $(NVCCFLAGS) -I. -c $< -o $@
+
+$(CUDA_BUILD)/llmwall $(CUDA_BUILD)/bench: $(CUDA_BUILD)/%: tools/%.c $(HEADERS) $(CUDA_OBJ)
+	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(INC) -DLW_CUDA $< -o $@ $(CUDA_LIBS)
+
+$(CUDA_BUILD)/test_cuda: tests/test_cuda.c $(HEADERS) $(CUDA_OBJ)
+	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(INC) -DLW_CUDA $< -o $@ $(CUDA_LIBS)
+
+test-cuda: cuda
+	@BUILD=$(CUDA_BUILD) sh tests/run.sh
 
 clean:
 	rm -rf build
