@@ -74,8 +74,13 @@
      tokens or more. Requests ignore end-of-generation tokens (lw_request_desc.ignore_eog), so each
      generates exactly its gen-len; the "stop" column should stay 0.
 
+   With --backend cuda (build/cuda/bench, from make cuda) the machine is the GPU: its bandwidth is a
+   device-to-device copy (bytes read + written per second) and its peak a large F16 cuBLAS GEMM with F32
+   accumulation, both measured by llmwall_cuda.cu (lw__cuda_measure_peaks); best of several runs.
+
    Common options:
        -m FILE              the model (random-weight models of real shapes come from build/mkmodel)
+       --backend cpu|cuda   where the forward passes run (default cpu)
        -t N                 threads (default: every online core)
        --kernels SET        CPU kernel set: auto, portable, avx2, avx512
        --kv-type f32|f16    KV cache entries (default f32)
@@ -120,6 +125,7 @@ typedef struct bench_opts {
     const char* kernels;
     const char* trace;
     int         mode, threads, reps, n_prompt, n_gen;   // n_prompt, n_gen: -p, -n (0: the mode's default)
+    bool        cuda;                                   // --backend cuda
     lw_type     kv_type;
     double      peak_gbs, peak_gflops;   // given (0: measure)
     uint64_t    seed;
@@ -456,6 +462,7 @@ typedef struct machine {
     double ridge;                    // FLOP per byte
     double share;                    // the least CPU share of a thread in the best measurements (1: had the cores)
     double running_gflops;           // the fp32 peak while the threads ran (FLOPs / CPU time)
+    bool   gpu;                      // the CUDA device: copy bandwidth and F16 GEMM peak
 } machine;
 
 static void measure_machine(lw__pool* pool, const bench_opts* o, machine* m) {
@@ -491,7 +498,31 @@ static void measure_machine(lw__pool* pool, const bench_opts* o, machine* m) {
     m->ridge = m->peak_gflops / m->read_gbs;
 }
 
+#ifdef LW_CUDA
+static void measure_gpu(const bench_opts* o, machine* m) {
+    memset(m, 0, sizeof *m);
+    m->gpu = true;
+    m->threads = 1;
+    m->cores = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    m->share = 1.0;
+    char err[512] = "";
+    double gbs, tflops;
+    if (lw__cuda_measure_peaks(0, &gbs, &tflops, m->cpu, sizeof m->cpu, err, sizeof err) != LW_OK) die("measuring the GPU: %s", err);
+    m->read_gbs = m->copy_gbs = gbs;
+    m->peak_gflops = tflops * 1e3;
+    if (o->peak_gbs > 0) { m->read_gbs = o->peak_gbs; m->gbs_given = true; }
+    if (o->peak_gflops > 0) { m->peak_gflops = o->peak_gflops; m->gflops_given = true; }
+    m->ridge = m->peak_gflops / m->read_gbs;
+}
+#endif
+
 static void print_machine(const machine* m) {
+    if (m->gpu) {
+        printf("machine    %s\nbandwidth  %.1f GB/s%s\npeak       %.1f GFLOP/s%s\nridge      %.2f FLOP/byte (peak FLOP/s / bandwidth)\n", m->cpu,
+               m->read_gbs, m->gbs_given ? " (given)" : " device-to-device copy (read + written)", m->peak_gflops,
+               m->gflops_given ? " (given)" : " F16 GEMM with F32 accumulation (cuBLAS)", m->ridge);
+        return;
+    }
     printf("machine    %s, %d threads (%d cores online)\n", m->cpu[0] ? m->cpu : "?", m->threads, m->cores);
     printf("bandwidth  %.1f GB/s%s", m->read_gbs, m->gbs_given ? " (given)" : " memory read");
     if (m->copy_gbs > 0) printf(", copy %.1f GB/s", m->copy_gbs);
@@ -511,6 +542,7 @@ static void print_machine(const machine* m) {
 static void json_machine(jw* w, const machine* m) {
     jw_open(w, "machine", '{');
     jw_str(w, "cpu", m->cpu);
+    jw_bool(w, "gpu", m->gpu);
     jw_int(w, "threads", m->threads);
     jw_int(w, "cores_online", m->cores);
     jw_num(w, "read_gbs", m->read_gbs);
@@ -586,6 +618,7 @@ static void json_begin(bench* B, const char* mode) {
     jw_close(w, '}');
     jw_int(w, "threads", lw_backend_threads(B->be));
     jw_str(w, "kernels", lw_backend_kernels(B->be));
+    jw_str(w, "backend", lw_backend_name(B->be));
     jw_str(w, "kv_type", lw_type_get_info(B->o.kv_type).name);
     jw_int(w, "seed", (int64_t)B->o.seed);
     json_machine(w, &B->mach);
@@ -1341,7 +1374,7 @@ static void mode_serve(bench* B) {
 static void usage(FILE* f) {
     fprintf(f,
         "usage: bench -m MODEL [-t THREADS] [--mode pp-tg|serve|sweep] [options]   (the manual: the top of tools/bench.c)\n"
-        "  common   --kernels SET  --kv-type f32|f16  --peak-gbs X  --peak-gflops X  --seed S  --json FILE\n"
+        "  common   --backend cpu|cuda  --kernels SET  --kv-type f32|f16  --peak-gbs X  --peak-gflops X  --seed S  --json FILE\n"
         "  pp-tg    -p 128  -n 64  -r 3\n"
         "  sweep    --batches 1,2,4,8,16,32,64  -p 64 (positions held)  -n 16 (timed steps)  -r 3\n"
         "  serve    --rate R[,R..] | --clients C[,C..] | --trace FILE   --requests 64\n"
@@ -1408,6 +1441,10 @@ static void parse_args(int argc, char** argv, bench_opts* o) {
         else if (!strcmp(a, "--peak-gflops")) o->peak_gflops = parse_num(v, a);
         else if (!strcmp(a, "--json")) o->json = v;
         else if (!strcmp(a, "--kernels")) o->kernels = v;
+        else if (!strcmp(a, "--backend")) {
+            if (strcmp(v, "cpu") && strcmp(v, "cuda")) die("--backend: '%s' is not cpu or cuda", v);
+            o->cuda = !strcmp(v, "cuda");
+        }
         else if (!strcmp(a, "--seed")) o->seed = (uint64_t)strtoull(v, NULL, 10);
         else if (!strcmp(a, "--kv-type")) {
             if (!strcmp(v, "f32")) o->kv_type = LW_TYPE_F32;
@@ -1465,10 +1502,14 @@ int main(int argc, char** argv) {
 
     lw_backend_desc bd;
     memset(&bd, 0, sizeof bd);
-    bd.kind = LW_BACKEND_CPU;
+    bd.kind = B.o.cuda ? LW_BACKEND_CUDA : LW_BACKEND_CPU;
     bd.n_threads = B.o.threads;
     bd.cpu_kernels = B.o.kernels;
     if (lw_backend_create(&B.be, &bd) != LW_OK) fail("backend");
+#ifdef LW_CUDA
+    if (B.o.cuda) measure_gpu(&B.o, &B.mach);
+    else
+#endif
     measure_machine(&((lw__cpu*)B.be->self)->pool, &B.o, &B.mach);   // before the model: nothing else runs
     if (lw_model_load(&B.model, B.o.model, NULL) != LW_OK) fail("model");
     lw_model_get_info(B.model, &B.info);
@@ -1477,7 +1518,7 @@ int main(int argc, char** argv) {
     static const char* const mode_names[] = { "pp-tg", "serve", "sweep" };
     printf("model      %s (%s, %s, %.1f MiB, %.1f M params)\n", B.o.model, B.info.arch, lw_type_get_info(B.info.weight_type).name,
            (double)B.info.weight_bytes / (1024.0 * 1024.0), (double)B.info.n_params / 1e6);
-    printf("kernels    %s, %d threads, KV %s\n", lw_backend_kernels(B.be), lw_backend_threads(B.be), lw_type_get_info(B.o.kv_type).name);
+    printf("kernels    %s, %d threads, KV %s\n", B.o.cuda ? "cuda" : lw_backend_kernels(B.be), lw_backend_threads(B.be), lw_type_get_info(B.o.kv_type).name);
     print_machine(&B.mach);
     json_begin(&B, mode_names[B.o.mode]);
     if (B.o.mode == MODE_PPTG) mode_pptg(&B);
