@@ -7636,13 +7636,13 @@ static lw_result lw__mdiff_init(lw__decoder* d, const lw_request_desc* r) {
         return lw__fail(NULL, LW_INVALID_ARGS, "lw_diffusion_params: block_length %d must divide gen_length %d", s->L, s->G);
     s->n_blocks = s->G / s->L;
     int steps = p->steps ? p->steps : s->G;
-    if (s->tau == 0.0f && (steps < 1 || steps % s->n_blocks != 0))
+    if (p->steps < 0 || (s->tau == 0.0f && (steps < 1 || steps % s->n_blocks != 0)))   // (a threshold ignores them)
         return lw__fail(NULL, LW_INVALID_ARGS, "lw_diffusion_params: steps %d must be a positive multiple of the %d blocks", steps, s->n_blocks);
     if (!(s->tau >= 0.0f && s->tau <= 1.0f) || !(s->cfg >= 0.0f) || (unsigned)s->remasking > LW_REMASK_RANDOM || p->tokens_per_step)
         return lw__fail(NULL, LW_INVALID_ARGS, "lw_diffusion_params: threshold in [0, 1], cfg_scale >= 0, a known remasking; tokens_per_step is for block diffusion");
     if (s->P + s->G > d->ctx->n_ctx)
         return lw__fail(NULL, LW_CONTEXT_FULL, "masked diffusion: a canvas of %d + %d positions exceeds the context of %d", s->P, s->G, d->ctx->n_ctx);
-    s->steps = steps / s->n_blocks;
+    s->steps = LW__MAX(1, steps / s->n_blocks);   // (with a threshold: unused, and no empty allocation)
     s->sched = (int*)lw__calloc(NULL, (size_t)s->steps, sizeof(int));
     s->canvas = (int32_t*)lw__calloc(NULL, (size_t)(s->P + s->G), sizeof(int32_t));
     s->want = (int32_t*)lw__calloc(NULL, (size_t)s->G, sizeof(int32_t));
