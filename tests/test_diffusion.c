@@ -33,8 +33,9 @@ static const char* build_dir;
 static int torch_ok = -1;   // python3-torch usable (checked once)
 
 #define PY "/usr/bin/python3"
-#define SHIPPED_MDIFF "models/tiny-shakespeare-mdiff.gguf"
-#define SHIPPED_BDIFF "models/tiny-shakespeare-bdiff.gguf"
+// the shipped diffusion models ($TEST_DIFFUSION_MDIFF, $TEST_DIFFUSION_BDIFF: other files, to try a fresh export)
+#define SHIPPED_MDIFF (getenv("TEST_DIFFUSION_MDIFF") ? getenv("TEST_DIFFUSION_MDIFF") : "models/tiny-shakespeare-mdiff.gguf")
+#define SHIPPED_BDIFF (getenv("TEST_DIFFUSION_BDIFF") ? getenv("TEST_DIFFUSION_BDIFF") : "models/tiny-shakespeare-bdiff.gguf")
 
 static bool have_torch(void) {
     if (torch_ok < 0) torch_ok = system(PY " -c 'import torch, numpy' >/dev/null 2>&1") == 0;
@@ -333,6 +334,11 @@ static void append(char** s, size_t* cap, const char* fmt, ...) {
     }
 }
 
+// A decision within this of going the other way is a near tie (logits, or log-confidences). The engine's
+// float32 logits and log-probabilities were measured within 3.5e-6 of the reference's float64 ones (random
+// F32 and trained F16 models of these sizes); 3e-5 leaves a factor of four over the worst difference of two.
+static const char* tie_eps(void) { return getenv("TEST_DIFFUSION_TIE_EPS") ? getenv("TEST_DIFFUSION_TIE_EPS") : "3e-5"; }
+
 static void ids_csv(char** s, size_t* cap, const int32_t* ids, int n) {
     for (int i = 0; i < n; i++) append(s, cap, "%s%d", i ? "," : "", (int)ids[i]);
 }
@@ -354,7 +360,7 @@ static void ref_args(char** s, size_t* cap, const char* path, const lw_model* m,
     if (p->threshold > 0.0f) append(s, cap, " --threshold %.9g", (double)p->threshold);
     if (p->tokens_per_step) append(s, cap, " --tokens-per-step %d", p->tokens_per_step);
     if (p->cfg_scale > 0.0f) append(s, cap, " --cfg %.9g", (double)p->cfg_scale);
-    append(s, cap, " --max-tokens %d --n-ctx %d", c->max_tokens ? c->max_tokens : m->info.n_ctx_train, m->info.n_ctx_train);
+    append(s, cap, " --max-tokens %d --n-ctx %d --tie-eps %s", c->max_tokens ? c->max_tokens : m->info.n_ctx_train, m->info.n_ctx_train, tie_eps());
 }
 
 // runs the reference once for n cases (options separated by --then); results[i] gets case i's object
@@ -409,14 +415,17 @@ static void print_ids(const char* label, const int32_t* a, int n) {
     printf("]\n");
 }
 
-// compares an engine run with the reference's result, step by step
-static void compare(const char* model_name, const dcase* c, const erun* r, const jv* ref) {
+// compares an engine run with the reference's result, step by step; returns the steps compared (a near tie
+// stops the comparison before its step)
+static int compare(const char* model_name, const dcase* c, const erun* r, const jv* ref) {
     const jv* states = jget(ref, "states");
     const jv* near = jget(ref, "near_ties");
     const jv* fin = jget(ref, "finish");
     const jv* stuck = jget(ref, "stuck");
-    LWT_REQUIRE(states && states->t == J_ARR && near && fin, "%s/%s: the reference's output lacks states, near_ties or finish", model_name, c->name);
-    LWT_REQUIRE(r->rc == LW_OK, "%s/%s: submit failed (%s)", model_name, c->name, lw_result_string(r->rc));
+    if (!states || states->t != J_ARR || !near || !fin) {
+        LWT_CHECK(0, "%s/%s: the reference's output lacks states, near_ties or finish", model_name, c->name);
+        return 0;
+    }
     int n_cmp = states->n, tie_step = -1;
     for (int i = 0; i < near->n; i++) {
         const jv* st = jget(&near->items[i], "step");
@@ -463,6 +472,7 @@ static void compare(const char* model_name, const dcase* c, const erun* r, const
     if (tie_step >= 0) printf(" -- near tie at step %d: compared %d of %d steps", tie_step, LW__MIN(n_cmp, n_snaps), states->n);
     printf("\n");
     if (getenv("TEST_DIFFUSION_VERBOSE")) print_ids("ids", r->ids, n_ids);
+    return LW__MIN(n_cmp, n_snaps);
 }
 
 // runs the cases on a model through the engine and the reference and compares them
@@ -477,8 +487,9 @@ static void check_cases(const char* model_name, const char* path, lw_model* m, c
         LWT_CHECK(runs[i].rc == LW_OK, "%s/%s: the engine refused the request (%s)", model_name, cases[i].name, lw_result_string(runs[i].rc));
         if (runs[i].rc == LW_OK) { ok_cases[n_ok] = cases[i]; ok_runs[n_ok++] = runs[i]; }
     }
+    int compared = 0;
     if (n_ok && ref_run(path, m, ok_cases, ok_runs, n_ok, refs))
-        for (int i = 0; i < n_ok; i++) compare(model_name, &ok_cases[i], &ok_runs[i], &refs[i]);
+        for (int i = 0; i < n_ok; i++) compared += compare(model_name, &ok_cases[i], &ok_runs[i], &refs[i]);
     else if (n_ok)
         LWT_CHECK(0, "%s: the reference did not run", model_name);
     for (int i = 0; i < n; i++) erun_free(&runs[i]);
@@ -487,6 +498,7 @@ static void check_cases(const char* model_name, const char* path, lw_model* m, c
     free(ok_runs);
     free(ok_cases);
     free(refs);
+    if (n_ok && compared == 0 && !lwt_case_failures) LWT_SKIP("every case met a near tie before its first step: nothing compared");
 }
 
 #define DP(...) { __VA_ARGS__ }                              // in initializers
@@ -971,6 +983,48 @@ static void test_block_preempted(void) {
     run_together(m, reqs, N_OF(reqs), 0, 96, "pool of 96 positions");
 }
 
+// ---- C only: classifier-free guidance runs its unconditional canvas as a second sequence of the engine's
+// context; it must get one however many requests run (else the request would run unguided)
+
+static void test_cfg_sequences(void) {
+    lw_model* m = get_model(M_LLADA);
+    LWT_REQUIRE(m, "model");
+    int32_t prompt[6] = { 5, 60, 7, 80, 9, 11 };
+    int32_t want[32];
+    int n_want = -1;
+    for (int max_running = 0; max_running <= 3; max_running++) {   // 0: the default (64), the reference run
+        int n_req = max_running ? max_running : 1;
+        lw_engine* e = engine_new(m, 0, 0, max_running);
+        LWT_REQUIRE(e, "engine");
+        lw_request h[4];
+        for (int i = 0; i < n_req; i++) {
+            lw_request_desc d;
+            memset(&d, 0, sizeof d);
+            d.prompt_ids = prompt;
+            d.n_prompt_ids = 6;
+            d.mode = LW_MODE_DIFFUSION;
+            d.diffusion.gen_length = 16;
+            d.diffusion.steps = 8;
+            d.diffusion.block_length = 8;
+            d.diffusion.cfg_scale = 1.5f;
+            d.max_tokens = 16;
+            d.ignore_eog = true;
+            LWT_REQUIRE(lw_engine_submit(e, &d, &h[i]) == LW_OK, "submit: %s", lw_last_error());
+        }
+        LWT_CHECK(lw_engine_run(e) == LW_OK, "run: %s", lw_last_error());
+        for (int i = 0; i < n_req; i++) {
+            lw_request_info info;
+            lw_request_get(e, h[i], &info);
+            if (n_want < 0) { n_want = info.n_ids; memcpy(want, info.ids, sizeof(int32_t) * (size_t)n_want); continue; }
+            LWT_CHECK(info.finish == LW_FINISH_ERROR || (info.n_ids == n_want && !memcmp(info.ids, want, sizeof(int32_t) * (size_t)n_want)),
+                      "max_running %d, guided request %d of %d: other ids than alone, and no error (the context's sequences are "
+                      "max_running, lw_engine_create's cd.max_seqs; lw__mdiff_plan runs unguided when it cannot get a second one)",
+                      max_running, i, n_req);
+        }
+        lw_engine_free(e);
+    }
+}
+
 // ---- C only: random remasking at temperature 0 keeps the schedule's invariants and transfers argmaxes
 
 static void test_random_remasking_invariants(void) {
@@ -1059,6 +1113,7 @@ static void test_validation(void) {
         { "gen_length not divisible by block_length", m, LW_MODE_DIFFUSION, DP(.gen_length = 20, .block_length = 8), 20, LW_INVALID_ARGS, "block_length", 0 },
         { "steps not divisible by the blocks", m, LW_MODE_DIFFUSION, DP(.gen_length = 24, .steps = 5, .block_length = 8), 24, LW_INVALID_ARGS, "steps", 0 },
         { "negative steps", m, LW_MODE_DIFFUSION, DP(.gen_length = 8, .steps = -2), 8, LW_INVALID_ARGS, "steps", 0 },
+        { "negative steps with a threshold", m, LW_MODE_DIFFUSION, DP(.gen_length = 8, .steps = -4, .threshold = 0.5f), 8, LW_INVALID_ARGS, "steps", 0 },
         { "negative gen_length", m, LW_MODE_DIFFUSION, DP(.gen_length = -8), 8, LW_INVALID_ARGS, "gen_length", 0 },
         { "a causal model, masked diffusion", causal, LW_MODE_DIFFUSION, DP(.gen_length = 8), 8, LW_INVALID_ARGS, "causal", 0 },
         { "no mask token, masked diffusion", nomask, LW_MODE_DIFFUSION, DP(.gen_length = 8), 8, LW_INVALID_ARGS, "mask", 0 },
@@ -1115,6 +1170,26 @@ static void test_validation(void) {
         }
         lw_engine_free(e);
     }
+    // with a threshold the steps are ignored: fewer than the blocks is no error
+    {
+        lw_engine* e2 = engine_new(m, 0, 0, 0);
+        lw_request_desc d2;
+        memset(&d2, 0, sizeof d2);
+        d2.prompt_ids = prompt;
+        d2.n_prompt_ids = 8;
+        d2.mode = LW_MODE_DIFFUSION;
+        d2.diffusion.gen_length = 16;
+        d2.diffusion.block_length = 4;
+        d2.diffusion.steps = 3;
+        d2.diffusion.threshold = 0.5f;
+        d2.max_tokens = 16;
+        d2.ignore_eog = true;
+        lw_request h2;
+        lw_request_info i2;
+        LWT_CHECK(e2 && lw_engine_submit(e2, &d2, &h2) == LW_OK && lw_engine_run(e2) == LW_OK && lw_request_get(e2, h2, &i2) == LW_OK &&
+                      i2.n_ids == 16, "a threshold with 3 steps over 4 blocks (steps ignored): %s", lw_last_error());
+        lw_engine_free(e2);
+    }
     // the canvas is only for diffusion modes
     lw_engine* e = engine_new(m, 0, 0, 0);
     lw_request_desc d;
@@ -1155,6 +1230,7 @@ int main(int argc, char** argv) {
     LWT_RUN(test_block_cache_equals_recompute_shipped);
     LWT_RUN(test_batched_with_other_modes);
     LWT_RUN(test_block_preempted);
+    LWT_RUN(test_cfg_sequences);
     LWT_RUN(test_random_remasking_invariants);
     LWT_RUN(test_validation);
     for (int i = 0; i < N_MODELS; i++) lw_model_free(models[i]);
