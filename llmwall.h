@@ -8170,7 +8170,7 @@ LWDEF lw_result lw_engine_create(lw_engine** out, lw_model* model, lw_backend* b
     lw_ctx_desc cd;
     memset(&cd, 0, sizeof cd);
     cd.n_ctx = d.n_ctx;
-    cd.max_seqs = (d.max_running ? d.max_running : 64) * (d.draft_model ? 2 : 1);   // a draft sequence each
+    cd.max_seqs = (d.max_running ? d.max_running : 64) * 2;   // a second sequence each: a draft's, a guided canvas's
     cd.max_rows = d.token_budget ? d.token_budget : 512;
     cd.kv_page_size = d.kv_page_size;
     cd.kv_bytes = d.kv_bytes;
