@@ -32,13 +32,16 @@ static lw_backend* backend;
 static const char* build_dir;
 static int torch_ok = -1;   // python3-torch usable (checked once)
 
-#define PY "/usr/bin/python3"
+// Debian's interpreter, which has python3-torch ($TEST_DIFFUSION_PYTHON: another one)
+static const char* py(void) { return getenv("TEST_DIFFUSION_PYTHON") ? getenv("TEST_DIFFUSION_PYTHON") : "/usr/bin/python3"; }
 // the shipped diffusion models ($TEST_DIFFUSION_MDIFF, $TEST_DIFFUSION_BDIFF: other files, to try a fresh export)
 #define SHIPPED_MDIFF (getenv("TEST_DIFFUSION_MDIFF") ? getenv("TEST_DIFFUSION_MDIFF") : "models/tiny-shakespeare-mdiff.gguf")
 #define SHIPPED_BDIFF (getenv("TEST_DIFFUSION_BDIFF") ? getenv("TEST_DIFFUSION_BDIFF") : "models/tiny-shakespeare-bdiff.gguf")
 
 static bool have_torch(void) {
-    if (torch_ok < 0) torch_ok = system(PY " -c 'import torch, numpy' >/dev/null 2>&1") == 0;
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "%s -c 'import torch, numpy' >/dev/null 2>&1", py());
+    if (torch_ok < 0) torch_ok = system(cmd) == 0;
     return torch_ok == 1;
 }
 
@@ -367,7 +370,7 @@ static void ref_args(char** s, size_t* cap, const char* path, const lw_model* m,
 static bool ref_run(const char* path, const lw_model* m, const dcase* cases, const erun* runs, int n, jv* results) {
     char* cmd = NULL;
     size_t cap = 0;
-    append(&cmd, &cap, "%s tests/diffusion_ref.py", PY);
+    append(&cmd, &cap, "%s tests/diffusion_ref.py", py());
     for (int i = 0; i < n; i++) {
         if (i) append(&cmd, &cap, " --then");
         ref_args(&cmd, &cap, path, m, &cases[i], &runs[i]);
@@ -505,7 +508,7 @@ static void check_cases(const char* model_name, const char* path, lw_model* m, c
 #define DPL(...) ((lw_diffusion_params){ __VA_ARGS__ })         // in expressions
 #define N_OF(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
-#define NEED_TORCH() do { if (!have_torch()) LWT_SKIP("python3-torch is missing (" PY " -c 'import torch' fails): no reference"); } while (0)
+#define NEED_TORCH() do { if (!have_torch()) LWT_SKIP("python3-torch is missing (%s -c 'import torch' fails): no reference", py()); } while (0)
 
 static void test_reference_masked_llada(void) {
     NEED_TORCH();
