@@ -8,6 +8,7 @@
 #   make bench      tools/bench on this machine (see bench/)
 #   make cuda       the CUDA backend (llmwall_cuda.cu, nvcc) and the CLI, bench and test_cuda built with it, in build/cuda
 #   make test-cuda  build/cuda/test_cuda (the GPU against the CPU; its GPU checks report skipped without a device)
+#   make test-cuda-emu  test_cuda with llmwall_cuda.cu's kernels run on the CPU by tests/cuda_emu (no GPU needed; slow)
 
 CC      ?= cc
 CXX     ?= c++
@@ -121,6 +122,30 @@ $(CUDA_BUILD)/test_cuda: tests/test_cuda.c $(HEADERS) $(CUDA_OBJ)
 
 test-cuda: cuda
 	@BUILD=$(CUDA_BUILD) sh tests/run.sh
+
+# The same kernels without a GPU: llmwall_cuda.cu rewritten for tests/cuda_emu (fibers for the threads of
+# a block, host memory for the device's) and test_cuda linked to it; slow (minutes), for the logic only.
+CUDA_EMU     = build/cuda-emu
+CUDA_EMU_OBJ = $(CUDA_EMU)/llmwall_cuda_emu.o $(CUDA_EMU)/cuda_emu.o
+EMU_HEADERS  = $(wildcard tests/cuda_emu/*.h)
+
+.PHONY: test-cuda-emu
+$(CUDA_EMU)/llmwall_cuda_emu.cpp: llmwall_cuda.cu tests/cuda_emu/rewrite.py
+	@mkdir -p $(CUDA_EMU)
+	python3 tests/cuda_emu/rewrite.py $< $@
+
+$(CUDA_EMU)/llmwall_cuda_emu.o: $(CUDA_EMU)/llmwall_cuda_emu.cpp llmwall.h $(EMU_HEADERS)
+	$(CXX) $(CXXSTD) -O1 -g $(WARN) -Wno-unknown-pragmas -ffp-contract=off -Itests/cuda_emu -I. -c $< -o $@
+
+$(CUDA_EMU)/cuda_emu.o: tests/cuda_emu/cuda_emu.cpp $(EMU_HEADERS)
+	@mkdir -p $(CUDA_EMU)
+	$(CXX) $(CXXSTD) -O1 -g $(WARN) -Itests/cuda_emu -c $< -o $@
+
+$(CUDA_EMU)/test_cuda: tests/test_cuda.c $(HEADERS) $(CUDA_EMU_OBJ)
+	$(CC) $(CSTD) $(CFLAGS) $(WARN) $(INC) -DLW_CUDA $< $(CUDA_EMU_OBJ) -o $@ -lstdc++ $(LIBS)
+
+test-cuda-emu: check-deps $(CUDA_EMU)/test_cuda
+	@BUILD=$(CUDA_EMU) sh tests/run.sh
 
 clean:
 	rm -rf build

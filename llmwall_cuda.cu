@@ -1094,6 +1094,18 @@ static lw_result lw__cu_matmul(lw__cuda* be, const lw__cu_mat* const* W, float* 
     return LW_OK;
 }
 
+// x += in . W^T (Wo, Wdown): the input's quantised copies first when the matrix-vector kernels read them.
+static lw_result lw__cu_residual(lw__cuda* be, const lw__cu_mat* W, const float* in, int ld_in, float* x, int ldx, int n, const lw__cu_act* act) {
+    int wants = lw__cu_wants(W->type);
+    if (n <= LW__CU_MATVEC_ROWS && wants) {
+        lw__k_quant<<<n, 256, 0, be->stream>>>(in, ld_in, W->k, wants, *act);
+        LW_CUDA_LAUNCHED(be, "quant");
+    }
+    float* y[1] = { x };
+    int ldy[1] = { ldx };
+    return lw__cu_matmul(be, &W, y, ldy, 1, in, ld_in, n, true, false, act);
+}
+
 #define LW__CU_ATT_SMEM(hd, ni) ((size_t)(LW__CU_ATT_Q * (hd) + LW__CU_ATT_T * ((hd) + 1) + LW__CU_ATT_T * 32 * (ni)) * sizeof(float))
 
 static lw_result lw__cu_launch_attn(lw__cuda* be, const lw__cu_att* a, int n_tiles, int n_head_kv, bool kv_f16) {
@@ -1343,16 +1355,7 @@ static lw_result lw__cuda_forward(void* self, void* prepared, const lw__fwd* f) 
             lw__k_attn_combine<<<n * c->n_head, 128, 0, be->stream>>>(part, splits, hd, c->n_head, att, ldq);
             LW_CUDA_LAUNCHED(be, "attn_combine");
         }
-        if (mv && lw__cu_wants(Ly->wo.type)) {
-            lw__k_quant<<<n, 256, 0, be->stream>>>(att, ldq, q_dim, lw__cu_wants(Ly->wo.type), act);
-            LW_CUDA_LAUNCHED(be, "quant");
-        }
-        {
-            const lw__cu_mat* W[1] = { &Ly->wo };
-            float* y[1] = { x };
-            int ldy[1] = { ldd };
-            if ((r = lw__cu_matmul(be, W, y, ldy, 1, att, ldq, n, true, false, &act))) return r;
-        }
+        if ((r = lw__cu_residual(be, &Ly->wo, att, ldq, x, ldd, n, &act))) return r;
         qmask = mv ? lw__cu_wants(Ly->gate.type) | lw__cu_wants(Ly->up.type) : 0;
         lw__k_rmsnorm<<<n, 256, 0, be->stream>>>(x, ldd, NULL, Ly->ffn_norm, d, c->rms_eps, xb, ldd, qmask, act);
         LW_CUDA_LAUNCHED(be, "rmsnorm");
@@ -1368,16 +1371,7 @@ static lw_result lw__cuda_forward(void* self, void* prepared, const lw__fwd* f) 
                 LW_CUDA_LAUNCHED(be, "swiglu");
             }
         }
-        if (mv && lw__cu_wants(Ly->down.type)) {
-            lw__k_quant<<<n, 256, 0, be->stream>>>(hb, ldf, ff, lw__cu_wants(Ly->down.type), act);
-            LW_CUDA_LAUNCHED(be, "quant");
-        }
-        {
-            const lw__cu_mat* W[1] = { &Ly->down };
-            float* y[1] = { x };
-            int ldy[1] = { ldd };
-            if ((r = lw__cu_matmul(be, W, y, ldy, 1, hb, ldf, n, true, false, &act))) return r;
-        }
+        if ((r = lw__cu_residual(be, &Ly->down, hb, ldf, x, ldd, n, &act))) return r;
     }
 
     // ---- the output head, for the rows that want logits
