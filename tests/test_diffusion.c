@@ -9,7 +9,10 @@
       schedules, more steps than positions), the threshold rule, classifier-free guidance, max_tokens below
       gen_length; a dream model (shifted logits, NeoX RoPE, Q/K/V biases, GQA, partial RoPE); other shapes.
       Block diffusion: threshold and fixed tokens per step, prompts ending mid-block, on a block boundary
-      and inside the first block, n not a multiple of the block size. Random models (build/mkmodel) and the
+      and inside the first block, n not a multiple of the block size. Both: stop ids ending generation
+      after a block, an end token in the prompt ending nothing, blocks whose most confident positions
+      predict the mask token itself (re-predicted; a step that unmasks nothing ends the block: these
+      random models predict the mask token as readily as any other). Random models (build/mkmodel) and the
       shipped ones (models/tiny-shakespeare-mdiff.gguf, -bdiff.gguf: a failure "model not found" while they
       do not exist). The reference flags decisions within 1e-4 of going the other way (near ties): the
       comparison stops before such a step and says so. Without python3-torch these cases are skipped.
@@ -17,9 +20,13 @@
       (every committed position plus the block in one lw_ctx_forward with LW_MASK_BLOCK, nothing
       committed): the block rows' logits bitwise, and the tokens step by step; diffusion requests batched
       with autoregressive and speculative ones give what each gives alone; a pool small enough to preempt
-      block-diffusion requests mid-way changes nothing; random remasking keeps the invariants of the
-      schedule (and transfers argmaxes); parameter validation: each bad request an error code with a
-      message at submit, the engine healthy afterwards.
+      block-diffusion requests mid-way changes nothing; guided requests get their second sequence however
+      many run; random remasking keeps the invariants of the schedule (and transfers argmaxes); parameter
+      validation: each bad request an error code with a message at submit, the engine healthy afterwards.
+
+   Environment: BUILD (where mkmodel is and the models go), TEST_DIFFUSION_PYTHON (the reference's
+   interpreter, default /usr/bin/python3), TEST_DIFFUSION_MDIFF / _BDIFF (other shipped-model files),
+   TEST_DIFFUSION_TIE_EPS (the near-tie margin, default 3e-5), TEST_DIFFUSION_VERBOSE (print the ids).
 */
 #define _DEFAULT_SOURCE   // popen
 #define LLMWALL_IMPLEMENTATION
