@@ -1133,6 +1133,19 @@ static void* lw__cu_take(lw__cu_carve* c, size_t bytes) {
     return p;
 }
 
+// The activation buffers of n rows of up to ldq values (a multiple of 256).
+static lw__cu_act lw__cu_take_act(lw__cu_carve* cv, int n, int ldq) {
+    lw__cu_act a;
+    a.ldq = ldq;
+    a.q8_0 = (int8_t*)lw__cu_take(cv, (size_t)n * ldq);
+    a.d8_0 = (float*)lw__cu_take(cv, (size_t)n * (ldq / 32) * 4);
+    a.q8_K = (int8_t*)lw__cu_take(cv, (size_t)n * ldq);
+    a.d8_K = (float*)lw__cu_take(cv, (size_t)n * (ldq / 256) * 4);
+    a.s8_K = (int32_t*)lw__cu_take(cv, (size_t)n * (ldq / 32) * 4);
+    a.h = (uint16_t*)lw__cu_take(cv, (size_t)n * ldq * 2);
+    return a;
+}
+
 static lw_result lw__cu_reserve(lw__cuda* be, uint8_t** buf, size_t* size, size_t need, bool pinned) {
     if (need <= *size) return LW_OK;
     need = lw__cu_round(need + need / 4, 1 << 20);
@@ -1259,45 +1272,30 @@ static lw_result lw__cuda_forward(void* self, void* prepared, const lw__fwd* f) 
     const int lda = (int)lw__cu_round((size_t)(d > q_dim ? (d > ff ? d : ff) : (q_dim > ff ? q_dim : ff)), 256);
     const int ldd = lw__cu_ld(d), ldq = lw__cu_ld(q_dim), ldk = lw__cu_ld(kv_dim), ldf = lw__cu_ld(ff);
     lw__cu_carve cv = { 0, NULL };
-    for (int pass = 0; pass < 2; pass++) {
+    uint8_t *meta = NULL, *kb = NULL, *vb = NULL;
+    float *x = NULL, *xb = NULL, *qb = NULL, *kf = NULL, *vf = NULL, *att = NULL, *hb = NULL, *hb2 = NULL, *logits = NULL, *part = NULL;
+    lw__cu_act act;
+    for (int pass = 0; pass < 2; pass++) {   // sizes, then the pieces
         if (pass == 1) {
             if ((r = lw__cu_reserve(be, &be->scratch, &be->scratch_size, cv.off, false))) return r;
             cv.base = be->scratch;
             cv.off = 0;
         }
-        lw__cu_take(&cv, mtotal);   // the tables
-        lw__cu_take(&cv, (size_t)n * ldd * 4); lw__cu_take(&cv, (size_t)n * ldd * 4);
-        lw__cu_take(&cv, (size_t)n * ldq * 4); lw__cu_take(&cv, (size_t)n * ldk * 4); lw__cu_take(&cv, (size_t)n * ldk * 4);
-        lw__cu_take(&cv, (size_t)n * kv_dim * elt); lw__cu_take(&cv, (size_t)n * kv_dim * elt);
-        lw__cu_take(&cv, (size_t)n * ldq * 4); lw__cu_take(&cv, (size_t)n * ldf * 4); lw__cu_take(&cv, (size_t)n * ldf * 4);
-        lw__cu_take(&cv, (size_t)n * lda); lw__cu_take(&cv, (size_t)n * (lda / 32) * 4);
-        lw__cu_take(&cv, (size_t)n * lda); lw__cu_take(&cv, (size_t)n * (lda / 256) * 4); lw__cu_take(&cv, (size_t)n * (lda / 32) * 4);
-        lw__cu_take(&cv, (size_t)n * lda * 2);
-        lw__cu_take(&cv, (size_t)(n_logits ? n_logits : 1) * c->n_vocab * 4);
-        lw__cu_take(&cv, splits > 1 ? (size_t)n * c->n_head * splits * (hd + 2) * 4 : 4);
+        meta = (uint8_t*)lw__cu_take(&cv, mtotal);   // the tables
+        x = (float*)lw__cu_take(&cv, (size_t)n * ldd * 4);
+        xb = (float*)lw__cu_take(&cv, (size_t)n * ldd * 4);
+        qb = (float*)lw__cu_take(&cv, (size_t)n * ldq * 4);
+        kf = (float*)lw__cu_take(&cv, (size_t)n * ldk * 4);
+        vf = (float*)lw__cu_take(&cv, (size_t)n * ldk * 4);
+        kb = (uint8_t*)lw__cu_take(&cv, (size_t)n * kv_dim * elt);
+        vb = (uint8_t*)lw__cu_take(&cv, (size_t)n * kv_dim * elt);
+        att = (float*)lw__cu_take(&cv, (size_t)n * ldq * 4);
+        hb = (float*)lw__cu_take(&cv, (size_t)n * ldf * 4);
+        hb2 = (float*)lw__cu_take(&cv, (size_t)n * ldf * 4);
+        act = lw__cu_take_act(&cv, n, lda);
+        logits = (float*)lw__cu_take(&cv, (size_t)(n_logits ? n_logits : 1) * c->n_vocab * 4);
+        part = (float*)lw__cu_take(&cv, splits > 1 ? (size_t)n * c->n_head * splits * (hd + 2) * 4 : 4);
     }
-    cv.off = 0;
-    uint8_t* meta = (uint8_t*)lw__cu_take(&cv, mtotal);
-    float* x = (float*)lw__cu_take(&cv, (size_t)n * ldd * 4);
-    float* xb = (float*)lw__cu_take(&cv, (size_t)n * ldd * 4);
-    float* qb = (float*)lw__cu_take(&cv, (size_t)n * ldq * 4);
-    float* kf = (float*)lw__cu_take(&cv, (size_t)n * ldk * 4);
-    float* vf = (float*)lw__cu_take(&cv, (size_t)n * ldk * 4);
-    uint8_t* kb = (uint8_t*)lw__cu_take(&cv, (size_t)n * kv_dim * elt);
-    uint8_t* vb = (uint8_t*)lw__cu_take(&cv, (size_t)n * kv_dim * elt);
-    float* att = (float*)lw__cu_take(&cv, (size_t)n * ldq * 4);
-    float* hb = (float*)lw__cu_take(&cv, (size_t)n * ldf * 4);
-    float* hb2 = (float*)lw__cu_take(&cv, (size_t)n * ldf * 4);
-    lw__cu_act act;
-    act.ldq = lda;
-    act.q8_0 = (int8_t*)lw__cu_take(&cv, (size_t)n * lda);
-    act.d8_0 = (float*)lw__cu_take(&cv, (size_t)n * (lda / 32) * 4);
-    act.q8_K = (int8_t*)lw__cu_take(&cv, (size_t)n * lda);
-    act.d8_K = (float*)lw__cu_take(&cv, (size_t)n * (lda / 256) * 4);
-    act.s8_K = (int32_t*)lw__cu_take(&cv, (size_t)n * (lda / 32) * 4);
-    act.h = (uint16_t*)lw__cu_take(&cv, (size_t)n * lda * 2);
-    float* logits = (float*)lw__cu_take(&cv, (size_t)(n_logits ? n_logits : 1) * c->n_vocab * 4);
-    float* part = (float*)lw__cu_take(&cv, splits > 1 ? (size_t)n * c->n_head * splits * (hd + 2) * 4 : 4);
     bool gemm_rows = n > LW__CU_MATVEC_ROWS || n_logits > LW__CU_MATVEC_ROWS;
     if (gemm_rows && pm->gemm_scratch > be->wscratch_size)
         if ((r = lw__cu_reserve(be, &be->wscratch, &be->wscratch_size, pm->gemm_scratch, false))) return r;
@@ -1778,13 +1776,7 @@ extern "C" lw_result lw__cuda_test_matmul(void* self, int type, int k, int m, in
         }
         xd = (float*)lw__cu_take(&cv, (size_t)n * ldx * 4);
         yd = (float*)lw__cu_take(&cv, (size_t)n * m * 4);
-        act.ldq = lda;
-        act.q8_0 = (int8_t*)lw__cu_take(&cv, (size_t)n * lda);
-        act.d8_0 = (float*)lw__cu_take(&cv, (size_t)n * (lda / 32) * 4);
-        act.q8_K = (int8_t*)lw__cu_take(&cv, (size_t)n * lda);
-        act.d8_K = (float*)lw__cu_take(&cv, (size_t)n * (lda / 256) * 4);
-        act.s8_K = (int32_t*)lw__cu_take(&cv, (size_t)n * (lda / 32) * 4);
-        act.h = (uint16_t*)lw__cu_take(&cv, (size_t)n * lda * 2);
+        act = lw__cu_take_act(&cv, n, lda);
     }
     if (r == LW_OK) {
         U.cv.base = mem;

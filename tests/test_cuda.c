@@ -320,6 +320,16 @@ static int pair_open(pair* p, lw_model* m, lw_type kv, int page, int n_ctx, int 
 }
 static void pair_close(pair* p) { lw_ctx_free(p->c); lw_ctx_free(p->g); }
 
+// A model and a context on each backend with n_seqs sequences; 0 (reported, nothing left open) on failure.
+static int setup(tmodel* m, pair* p, const mspec* s, lw_type kv, int page, int n_ctx, int n_seqs) {
+    if (!make_model(m, *s)) { LWT_CHECK(0, "model %s/%s", s->arch, lw_type_get_info(s->type).name); return 0; }
+    if (pair_open(p, m->model, kv, page, n_ctx, n_seqs)) return 1;
+    LWT_CHECK(0, "contexts for %s/%s: %s", s->arch, lw_type_get_info(s->type).name, gpu_detail());
+    pair_close(p);
+    free_model(m);
+    return 0;
+}
+
 // Runs one step on both; returns the NMSE of the logits (or -1 on an error, reported).
 static double pair_step(pair* p, step* st, int n_vocab) {
     int n_logits = 0;
@@ -372,10 +382,9 @@ static const mspec shapes[] = {
 
 static void check_shape(const mspec* s, lw_type kv, int gemm) {
     tmodel m;
-    LWT_REQUIRE(make_model(&m, *s), "model");
     pair p;
     const char* tn = lw_type_get_info(s->type).name;
-    if (!pair_open(&p, m.model, kv, 4, 0, 2)) { LWT_CHECK(0, "%s contexts", tn); pair_close(&p); free_model(&m); return; }
+    if (!setup(&m, &p, s, kv, 4, 0, 2)) return;
     int bs = lw_type_get_info(s->type).block_size, V = s->vocab;
     double bound = gemm ? (bs == 256 ? 1e-3 : 1e-4) : (bs == 1 ? 1e-9 : bs == 32 ? 1e-6 : 3e-4), worst = 0;
     step st;
@@ -433,9 +442,8 @@ static const mspec mask_model = { "qwen2", 48, 3, 4, 2, 12, 80, 200, 0, LW_TYPE_
 
 static void check_mask(lw_mask_kind kind, const uint8_t* skip, lw_type kv) {
     tmodel m;
-    LWT_REQUIRE(make_model(&m, mask_model), "model");
     pair p;
-    if (!pair_open(&p, m.model, kv, 4, 0, 1)) { LWT_CHECK(0, "contexts"); pair_close(&p); free_model(&m); return; }
+    if (!setup(&m, &p, &mask_model, kv, 4, 0, 1)) return;
     enum { P = 6, M = 5 };
     step st;
     memset(&st, 0, sizeof st);
@@ -479,9 +487,8 @@ static void test_masks_each_kind(void) {
 // Four sequences with four masks in one batch, after committed prompts: 8 rows (matrix-vector) or 16 (GEMM).
 static void check_mixed_masks(int big) {
     tmodel m;
-    LWT_REQUIRE(make_model(&m, mask_model), "model");
     pair p;
-    if (!pair_open(&p, m.model, LW_TYPE_F16, 4, 0, 4)) { LWT_CHECK(0, "contexts"); pair_close(&p); free_model(&m); return; }
+    if (!setup(&m, &p, &mask_model, LW_TYPE_F16, 4, 0, 4)) return;
     step st;
     double e1 = 0;
     memset(&st, 0, sizeof st);
@@ -520,9 +527,8 @@ static void test_kv_fork_truncate_long(void) {
     NEED_GPU();
     mspec s = { "llama", 64, 2, 4, 2, 16, 96, 300, 0, LW_TYPE_Q8_0, 0, 0, 2048, 0, 0, 0, 31 };
     tmodel m;
-    LWT_REQUIRE(make_model(&m, s), "model");
     pair p;
-    if (!pair_open(&p, m.model, LW_TYPE_F16, 16, 2048, 3)) { LWT_CHECK(0, "contexts"); pair_close(&p); free_model(&m); return; }
+    if (!setup(&m, &p, &s, LW_TYPE_F16, 16, 2048, 3)) return;
     step st;
     double worst = 0;
     memset(&st, 0, sizeof st);

@@ -67,15 +67,46 @@ cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperatio
 
 enum { LW_EMU_STACK = 256 * 1024, LW_EMU_MAX_THREADS = 1024 };
 
+// The switch between fibers: on x86-64 a few instructions (callee-saved registers and the stack pointer);
+// elsewhere ucontext's swapcontext (which also saves the signal mask: a system call, so slower).
+#if defined(__x86_64__) && !defined(LW_EMU_UCONTEXT)
+typedef struct lw_emu_ctx { void* sp; } lw_emu_ctx;
+extern "C" void lw_emu_switch(void** save_sp, void* to_sp);
+__asm__(".text\n.globl lw_emu_switch\n.type lw_emu_switch,@function\nlw_emu_switch:\n"
+        "  pushq %rbp\n  pushq %rbx\n  pushq %r12\n  pushq %r13\n  pushq %r14\n  pushq %r15\n"
+        "  movq %rsp, (%rdi)\n  movq %rsi, %rsp\n"
+        "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n  popq %rbx\n  popq %rbp\n  ret\n"
+        ".size lw_emu_switch, .-lw_emu_switch\n");
+static void lw_emu_ctx_swap(lw_emu_ctx* from, lw_emu_ctx* to) { lw_emu_switch(&from->sp, to->sp); }
+static void lw_emu_ctx_make(lw_emu_ctx* c, char* stack, size_t size, void (*entry)(void)) {
+    uintptr_t top = ((uintptr_t)(stack + size)) & ~(uintptr_t)15;
+    void** sp = (void**)top;
+    *--sp = NULL;              // where entry would return to (it never returns)
+    *--sp = (void*)entry;      // lw_emu_switch's ret goes here, with the stack as after a call
+    for (int i = 0; i < 6; i++) *--sp = NULL;   // rbp rbx r12 r13 r14 r15
+    c->sp = sp;
+}
+#else
+typedef ucontext_t lw_emu_ctx;
+static void lw_emu_ctx_swap(lw_emu_ctx* from, lw_emu_ctx* to) { swapcontext(from, to); }
+static void lw_emu_ctx_make(lw_emu_ctx* c, char* stack, size_t size, void (*entry)(void)) {
+    getcontext(c);
+    c->uc_stack.ss_sp = stack;
+    c->uc_stack.ss_size = size;
+    c->uc_link = NULL;
+    makecontext(c, entry, 0);
+}
+#endif
+
 typedef struct lw_emu_fiber {
-    ucontext_t ctx;
+    lw_emu_ctx ctx;
     int        state;        // 0 runnable, 1 waiting at __syncthreads, 2 done, 3 waiting at a warp shuffle
     unsigned   tid;
 } lw_emu_fiber;
 
 static lw_emu_fiber* lw_emu_f;          // [threads of the block]
 static char*         lw_emu_stacks;
-static ucontext_t    lw_emu_sched;
+static lw_emu_ctx    lw_emu_sched;
 static int           lw_emu_cur, lw_emu_n, lw_emu_live;
 static const std::function<void()>* lw_emu_fn;
 static std::vector<char> lw_emu_smem;
@@ -98,7 +129,7 @@ static void lw_emu_set_thread(int i) {
 
 static void lw_emu_yield(void) {   // back to the scheduler until released
     int me = lw_emu_cur;
-    swapcontext(&lw_emu_f[me].ctx, &lw_emu_sched);
+    lw_emu_ctx_swap(&lw_emu_f[me].ctx, &lw_emu_sched);
     lw_emu_set_thread(me);
 }
 
@@ -151,7 +182,7 @@ static void lw_emu_entry(void) {
     lw_emu_live--;
     lw_emu_check_block();   // the others may now be complete
     lw_emu_check_warp(me / 32);
-    swapcontext(&lw_emu_f[me].ctx, &lw_emu_sched);
+    lw_emu_ctx_swap(&lw_emu_f[me].ctx, &lw_emu_sched);
 }
 
 void lw_emu_run(dim3 grid, dim3 block, size_t smem, const char* what, const std::function<void()>& fn) {
@@ -179,11 +210,7 @@ void lw_emu_run(dim3 grid, dim3 block, size_t smem, const char* what, const std:
                     f->state = 0;
                     f->tid = (unsigned)i;
                     lw_emu_warp_parity[i] = 0;
-                    getcontext(&f->ctx);
-                    f->ctx.uc_stack.ss_sp = lw_emu_stacks + (size_t)i * LW_EMU_STACK;
-                    f->ctx.uc_stack.ss_size = LW_EMU_STACK;
-                    f->ctx.uc_link = NULL;
-                    makecontext(&f->ctx, lw_emu_entry, 0);
+                    lw_emu_ctx_make(&f->ctx, lw_emu_stacks + (size_t)i * LW_EMU_STACK, LW_EMU_STACK, lw_emu_entry);
                 }
                 memset(lw_emu_warp_count, 0, sizeof lw_emu_warp_count);
                 lw_emu_bar_count = 0;
@@ -193,7 +220,7 @@ void lw_emu_run(dim3 grid, dim3 block, size_t smem, const char* what, const std:
                     for (int i = 0; i < n; i++) {
                         if (lw_emu_f[i].state != 0) continue;
                         lw_emu_set_thread(i);
-                        swapcontext(&lw_emu_sched, &lw_emu_f[i].ctx);
+                        lw_emu_ctx_swap(&lw_emu_sched, &lw_emu_f[i].ctx);
                         ran++;
                     }
                     if (!ran && lw_emu_live > 0) {
