@@ -23,7 +23,8 @@
                     head for the rows that want logits only; those logits are copied to the host.
 
    THE NUMBERS (what matches the CPU backend, what does not)
-     Matrix products with few rows (n <= LW__CU_MATVEC_ROWS) are matrix-vector kernels that use the CPU's
+     Matrix products with few rows are matrix-vector kernels (up to 8 rows a launch; up to 32 rows in 8-row
+     launches for weights that a GEMM would have to dequantise first, i.e. all but F16) that use the CPU's
      definitions: F32/F16/BF16 weights times F32 activations; Q8_0/Q4_0 weights times activations
      quantised to Q8_0 exactly as lw__q8_0_from_float (d = max|x|/127 rounded to half, q = roundf(x/d)),
      per block (d_w * d_x) * (exact integer dot); Q4_K/Q6_K times Q8_K (float d, clamp, roundf) with the
@@ -35,10 +36,9 @@
      tensor whose values do not fit F16 (checked once at upload) takes BF16 instead, and so does every
      tensor when LLMWALL_CUDA_GEMM=bf16 is set. F16 rounding of the inputs is the one approximation
      here (relative 2^-11 per element); activations beyond +-65504 saturate.
-     So the CUDA backend is NOT bitwise batch invariant: a row computed in a batch of more than
-     LW__CU_MATVEC_ROWS rows goes through the GEMM path and differs from the same row alone in the
-     last bits (and cuBLAS may pick other algorithms for other shapes). Within one path a row's result
-     does not depend on the other rows.
+     So the CUDA backend is NOT bitwise batch invariant: a row computed in a batch large enough for the
+     GEMM path differs from the same row alone in the last bits (and cuBLAS may pick other algorithms for
+     other shapes). On the matrix-vector path a row's result does not depend on the other rows.
      RMSNorm sums squares in double as the CPU does; RoPE angles are the CPU's (theta_scale computed on
      the host with powf, theta multiplied up pair by pair in float, cosf/sinf, no fused multiply-add in
      the rotation); SiLU is x / (1 + expf(-x)); K/V are rounded to the cache type before attention, as
@@ -52,7 +52,7 @@
                            weight load; integer dots with __dp4a; a warp-shuffle reduction. Up to three
                            matrices of one type and one input in a single launch (Q, K, V), or gate and
                            up together with SwiGLU applied before the store.
-     cuBLAS                n > LW__CU_MATVEC_ROWS: lw__k_dequant (weights -> F16/BF16 scratch) and
+     cuBLAS                more rows: lw__k_dequant (weights -> F16/BF16 scratch) and
                            lw__k_act_half (activations, quantised like the CPU's, -> F16/BF16), then
                            cublasGemmEx; Wo and Wdown accumulate into the residual (beta = 1).
      lw__k_rmsnorm         one block a row, double sum of squares, and the Q8_0/Q8_K copies the next
@@ -91,7 +91,8 @@
 // ---- helpers ----------------------------------------------------------------------------------------
 
 enum {
-    LW__CU_MATVEC_ROWS = 8,    // products of up to this many rows run as matrix-vector kernels
+    LW__CU_MATVEC_ROWS = 8,    // rows one matrix-vector launch takes
+    LW__CU_MATVEC_MAX  = 32,   // weights that a GEMM would first dequantise: matrix-vector launches up to this many rows
     LW__CU_ATT_Q       = 16,   // queries per attention block (4 warps x 4)
     LW__CU_ATT_T       = 32,   // positions per attention tile (one per lane)
     LW__CU_MAX_HD      = 256,  // longest head the attention kernel takes
@@ -203,6 +204,13 @@ typedef struct lw__cu_act {
 } lw__cu_act;
 
 enum { LW__CU_Q8_0 = 1, LW__CU_Q8_K = 2 };   // which quantised copies a product reads
+
+// Whether a product of n rows with weights of `type` runs as matrix-vector launches (8 rows each) rather
+// than cuBLAS: up to 8 rows always; up to 32 for weights a GEMM would first dequantise (all but F16, which
+// cuBLAS reads in place), since re-streaming them 4 times still moves fewer bytes than dequantising.
+static bool lw__cu_use_mv(int type, int n) {
+    return n <= LW__CU_MATVEC_ROWS || (n <= LW__CU_MATVEC_MAX && type != LW_TYPE_F16);
+}
 
 static int lw__cu_wants(int type) {
     return type == LW_TYPE_Q8_0 || type == LW_TYPE_Q4_0 ? LW__CU_Q8_0 : type == LW_TYPE_Q4_K || type == LW_TYPE_Q6_K ? LW__CU_Q8_K : 0;
@@ -1052,52 +1060,66 @@ static lw__cu_x lw__cu_xview(const float* x, int ldx, const lw__cu_act* act, int
     return v;
 }
 
-// y_i (+)= x . W_i^T for i < n_mats (one input, n rows): matrix-vector kernels for few rows (x's quantised
-// copies must be in act already), cuBLAS otherwise. swiglu: W[0] gate, W[1] up, y[0] = silu(gate) * up
-// (the GEMM path writes gate into y[0] and up into y[1] first).
-static lw_result lw__cu_matmul(lw__cuda* be, const lw__cu_mat* const* W, float* const* y, const int* ldy, int n_mats, const float* x, int ldx,
-                               int n, bool accumulate, bool swiglu, const lw__cu_act* act) {
-    lw_result r;
-    if (n > LW__CU_MATVEC_ROWS) {
-        for (int i = 0; i < n_mats; i++)
-            if ((r = lw__cu_gemm(be, W[i], x, ldx, n, y[i], ldy[i], accumulate, act))) return r;
-        if (swiglu) {
-            lw__k_swiglu<<<lw__cu_blocks((size_t)n * W[0]->m, 256), 256, 0, be->stream>>>(y[0], y[1], ldy[0], W[0]->m, n);
-            LW_CUDA_LAUNCHED(be, "swiglu");
+// The matrix-vector launches of y_i (+)= x . W_i^T over rows [0, n), 8 rows at a time (x's quantised copies
+// must be in act already); W[0..n_mats) share one type.
+static lw_result lw__cu_matvec_rows(lw__cuda* be, const lw__cu_mat* const* W, float* const* y, const int* ldy, int n_mats, const float* x,
+                                    int ldx, int n, bool accumulate, bool swiglu, const lw__cu_act* act) {
+    int bs = lw__cu_wants(W[0]->type) == LW__CU_Q8_K ? 256 : 32;
+    for (int r0 = 0; r0 < n; r0 += LW__CU_MATVEC_ROWS) {
+        lw__cu_mv a;
+        memset(&a, 0, sizeof a);
+        a.nr = n - r0 < LW__CU_MATVEC_ROWS ? n - r0 : LW__CU_MATVEC_ROWS;
+        a.accumulate = accumulate;
+        a.swiglu = swiglu;
+        a.x = lw__cu_xview(x + (size_t)r0 * ldx, ldx, act, W[0]->type);
+        if (a.x.q) {
+            a.x.q += (size_t)r0 * act->ldq;
+            a.x.d += (size_t)r0 * (act->ldq / bs);
+            if (a.x.s) a.x.s += (size_t)r0 * (act->ldq / 32);
         }
-        return LW_OK;
-    }
-    lw__cu_mv a;
-    memset(&a, 0, sizeof a);
-    a.nr = n;
-    a.accumulate = accumulate;
-    a.x = lw__cu_xview(x, ldx, act, W[0]->type);
-    if (swiglu) {
-        a.W[0] = *W[0]; a.W[1] = *W[1];
-        a.y[0] = y[0]; a.ldy[0] = ldy[0];
-        a.n_mats = 1; a.m_total = W[0]->m; a.swiglu = 1;
-        return lw__cu_launch_matvec(be, &a);
-    }
-    bool same = true;
-    for (int i = 1; i < n_mats; i++) same = same && W[i]->type == W[0]->type;
-    for (int i = 0; i < n_mats; i++) {
-        int at = same ? i : 0;
-        a.W[at] = *W[i]; a.y[at] = y[i]; a.ldy[at] = ldy[i];
-        a.m_total += W[i]->m;
-        if (!same || i == n_mats - 1) {
-            a.n_mats = same ? n_mats : 1;
-            if (!same) a.x = lw__cu_xview(x, ldx, act, W[i]->type);
-            if ((r = lw__cu_launch_matvec(be, &a))) return r;
-            a.m_total = 0;
+        for (int i = 0; i < (swiglu ? 2 : n_mats); i++) a.W[i] = *W[i];
+        a.n_mats = swiglu ? 1 : n_mats;
+        for (int i = 0; i < a.n_mats; i++) {
+            a.y[i] = y[i] + (size_t)r0 * ldy[i];
+            a.ldy[i] = ldy[i];
+            a.m_total += W[i]->m;
         }
+        lw_result r = lw__cu_launch_matvec(be, &a);
+        if (r) return r;
     }
     return LW_OK;
 }
 
+// y_i (+)= x . W_i^T for i < n_mats (one input, n rows), each by lw__cu_use_mv: matrix-vector launches (the
+// quantised copies of x must be in act already; matrices of one type share launches) or cuBLAS. swiglu:
+// W[0] gate, W[1] up (one type), y[0] = silu(gate) * up (the GEMM path writes gate into y[0] and up into
+// y[1] first).
+static lw_result lw__cu_matmul(lw__cuda* be, const lw__cu_mat* const* W, float* const* y, const int* ldy, int n_mats, const float* x, int ldx,
+                               int n, bool accumulate, bool swiglu, const lw__cu_act* act) {
+    lw_result r;
+    bool same = true;
+    for (int i = 1; i < n_mats; i++) same = same && W[i]->type == W[0]->type;
+    if (lw__cu_use_mv(W[0]->type, n) && (same || swiglu))
+        return lw__cu_matvec_rows(be, W, y, ldy, n_mats, x, ldx, n, accumulate, swiglu, act);
+    for (int i = 0; i < n_mats; i++) {
+        if (lw__cu_use_mv(W[i]->type, n)) r = lw__cu_matvec_rows(be, &W[i], &y[i], &ldy[i], 1, x, ldx, n, accumulate, false, act);
+        else r = lw__cu_gemm(be, W[i], x, ldx, n, y[i], ldy[i], accumulate, act);
+        if (r) return r;
+    }
+    if (swiglu) {
+        lw__k_swiglu<<<lw__cu_blocks((size_t)n * W[0]->m, 256), 256, 0, be->stream>>>(y[0], y[1], ldy[0], W[0]->m, n);
+        LW_CUDA_LAUNCHED(be, "swiglu");
+    }
+    return LW_OK;
+}
+
+// The quantised copies of its input that a product of n rows with W reads (none on the GEMM path).
+static int lw__cu_mv_wants(const lw__cu_mat* W, int n) { return lw__cu_use_mv(W->type, n) ? lw__cu_wants(W->type) : 0; }
+
 // x += in . W^T (Wo, Wdown): the input's quantised copies first when the matrix-vector kernels read them.
 static lw_result lw__cu_residual(lw__cuda* be, const lw__cu_mat* W, const float* in, int ld_in, float* x, int ldx, int n, const lw__cu_act* act) {
     int wants = lw__cu_wants(W->type);
-    if (n <= LW__CU_MATVEC_ROWS && wants) {
+    if (lw__cu_use_mv(W->type, n) && wants) {
         lw__k_quant<<<n, 256, 0, be->stream>>>(in, ld_in, W->k, wants, *act);
         LW_CUDA_LAUNCHED(be, "quant");
     }
@@ -1305,7 +1327,6 @@ static lw_result lw__cuda_forward(void* self, void* prepared, const lw__fwd* f) 
 
     // ---- the layers
     if ((r = lw__cu_launch_dequant(be, &pm->tok_embd, d_tok, n, 0, x, (size_t)ldd))) return r;
-    const bool mv = n <= LW__CU_MATVEC_ROWS;
     lw__cu_att at;
     memset(&at, 0, sizeof at);
     at.q = qb; at.ldq = ldq; at.kb = kb; at.vb = vb; at.pool = (const uint8_t*)f->kv_pool;
@@ -1335,7 +1356,7 @@ static lw_result lw__cuda_forward(void* self, void* prepared, const lw__fwd* f) 
     for (int l = 0; l < c->n_layer; l++) {
         if (f->skip_layers && f->skip_layers[l]) continue;
         const lw__cu_layer* Ly = &pm->layers[l];
-        int qmask = mv ? lw__cu_wants(Ly->wq.type) | lw__cu_wants(Ly->wk.type) | lw__cu_wants(Ly->wv.type) : 0;
+        int qmask = lw__cu_mv_wants(&Ly->wq, n) | lw__cu_mv_wants(&Ly->wk, n) | lw__cu_mv_wants(&Ly->wv, n);
         lw__k_rmsnorm<<<n, 256, 0, be->stream>>>(x, ldd, NULL, Ly->attn_norm, d, c->rms_eps, xb, ldd, qmask, act);
         LW_CUDA_LAUNCHED(be, "rmsnorm");
         {
@@ -1354,14 +1375,14 @@ static lw_result lw__cuda_forward(void* self, void* prepared, const lw__fwd* f) 
             LW_CUDA_LAUNCHED(be, "attn_combine");
         }
         if ((r = lw__cu_residual(be, &Ly->wo, att, ldq, x, ldd, n, &act))) return r;
-        qmask = mv ? lw__cu_wants(Ly->gate.type) | lw__cu_wants(Ly->up.type) : 0;
+        qmask = lw__cu_mv_wants(&Ly->gate, n) | lw__cu_mv_wants(&Ly->up, n);
         lw__k_rmsnorm<<<n, 256, 0, be->stream>>>(x, ldd, NULL, Ly->ffn_norm, d, c->rms_eps, xb, ldd, qmask, act);
         LW_CUDA_LAUNCHED(be, "rmsnorm");
         {
             const lw__cu_mat* W[2] = { &Ly->gate, &Ly->up };
             float* y[2] = { hb, hb2 };
             int ldy[2] = { ldf, ldf };
-            if (Ly->gate.type == Ly->up.type || !mv) {
+            if (Ly->gate.type == Ly->up.type) {
                 if ((r = lw__cu_matmul(be, W, y, ldy, 2, xb, ldd, n, false, true, &act))) return r;
             } else {   // gate and up of different types: two products, then SwiGLU
                 if ((r = lw__cu_matmul(be, W, y, ldy, 2, xb, ldd, n, false, false, &act))) return r;
@@ -1374,7 +1395,7 @@ static lw_result lw__cuda_forward(void* self, void* prepared, const lw__fwd* f) 
 
     // ---- the output head, for the rows that want logits
     if (n_logits) {
-        int qmask = n_logits <= LW__CU_MATVEC_ROWS ? lw__cu_wants(pm->output.type) : 0;
+        int qmask = lw__cu_mv_wants(&pm->output, n_logits);
         lw__k_rmsnorm<<<n_logits, 256, 0, be->stream>>>(x, ldd, d_logit_rows, pm->output_norm, d, c->rms_eps, xb, ldd, qmask, act);
         LW_CUDA_LAUNCHED(be, "rmsnorm");
         const lw__cu_mat* W[1] = { &pm->output };
@@ -1783,7 +1804,7 @@ extern "C" lw_result lw__cuda_test_matmul(void* self, int type, int k, int m, in
         U.cv.off = 0;
         r = lw__cu_put_mat(&U, &t, &W, 1);
     }
-    if (r == LW_OK && n > LW__CU_MATVEC_ROWS) {   // the forward decides BF16 by the values; here F16 (or the override)
+    if (r == LW_OK && !lw__cu_use_mv(type, n)) {   // the forward decides BF16 by the values; here F16 (or the override)
         bool bf16 = be->force_bf16;
         bool in_place = (type == LW_TYPE_F16 && !bf16) || (type == LW_TYPE_BF16 && bf16);
         if (!in_place) r = lw__cu_reserve(be, &be->wscratch, &be->wscratch_size, (size_t)lw__cu_ld(k) * m * 2, false);
@@ -1792,8 +1813,8 @@ extern "C" lw_result lw__cuda_test_matmul(void* self, int type, int k, int m, in
         cudaError_t e = cudaMemcpy2DAsync(xd, (size_t)ldx * 4, x, (size_t)k * 4, (size_t)k * 4, (size_t)n, cudaMemcpyHostToDevice, be->stream);
         if (e != cudaSuccess) r = lw__cu_err(be, e, "cudaMemcpy2DAsync", __LINE__);
     }
-    if (r == LW_OK && n <= LW__CU_MATVEC_ROWS && lw__cu_wants(type)) {
-        lw__k_quant<<<n, 256, 0, be->stream>>>(xd, ldx, k, lw__cu_wants(type), act);
+    if (r == LW_OK && lw__cu_mv_wants(&W, n)) {
+        lw__k_quant<<<n, 256, 0, be->stream>>>(xd, ldx, k, lw__cu_mv_wants(&W, n), act);
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) r = lw__cu_err(be, e, "launch of quant", __LINE__);
     }

@@ -8,13 +8,14 @@
      1. Matrix products of every weight type on random data of awkward sizes, through the backend's own
         dispatch (lw__cuda_test_matmul: matrix-vector kernels for n <= 8 rows, cuBLAS above) against the
         CPU's definition (activations quantised to the type's vec_type, the traits' dot products).
-        Bounds (NMSE = sum (gpu - cpu)^2 / sum cpu^2): matrix-vector <= 1e-10 (the same integer dots and
+        Rows per product 1 to 64 (matrix-vector up to 8 rows, and up to 32 in launches of 8 for all but F16
+        weights; cuBLAS beyond). Bounds (NMSE = sum (gpu - cpu)^2 / sum cpu^2): matrix-vector <= 1e-10 (the same integer dots and
         the same products; only the order of the float sums differs: expected ~1e-14); GEMM <= 2e-6
         (weights and activations rounded to F16: expected ~1e-7).
      2. Full forwards on random models of awkward shapes (every type; llama and qwen2, biases, NeoX and
         partial RoPE, GQA 1:1 to 4:1, head dims 8 to 128, tied output; F32 and F16 KV): a prefill, decode
         rows and a two-sequence batch, once in chunks of at most 8 rows (matrix-vector path everywhere)
-        and once with a 13-row prefill (GEMM path). Logits bounds: matrix-vector path 1e-9 for F32/F16/
+        and once with a 40-row prefill (GEMM path). Logits bounds: matrix-vector path 1e-9 for F32/F16/
         BF16 weights, 1e-6 for Q8_0/Q4_0 (a float activation a rounding away from a Q8_0 half step
         moves one quantum), 3e-4 for Q4_K/Q6_K (Q8_K's larger step; the CPU's own test_forward bounds);
         with GEMM rows 1e-4, 1e-3 for the K-quants.
@@ -25,7 +26,9 @@
      5. Every decode mode through lw_engine (ar, spec with a draft model, selfspec, lookup, lookahead,
         masked diffusion, block diffusion), alone and all at once in one engine: the same greedy ids as
         the CPU up to the first token whose CPU logits have a top-2 margin below 1e-3, and the logits of
-        each token within NMSE 1e-4 of the CPU's (diffusion events carry no logits: ids must match).
+        each token within NMSE 1e-4 of the CPU's (1e-3 with Q8_0 weights: on the GEMM path the activations'
+        Q8_0 quantisation sees inputs that differ in the 4th digit, and a value moved across a half step
+        moves a whole quantum; diffusion events carry no logits: ids must match).
      6. An impossible KV pool (1 TiB) is LW_OUT_OF_MEMORY with a message, and the backend keeps working.
 */
 #define LLMWALL_IMPLEMENTATION
@@ -141,7 +144,7 @@ static void test_matmul_every_type(void) {
 #ifdef LW_CUDA
     static const lw_type types[] = { LW_TYPE_F32, LW_TYPE_F16, LW_TYPE_BF16, LW_TYPE_Q8_0, LW_TYPE_Q4_0, LW_TYPE_Q4_K, LW_TYPE_Q6_K };
     static const int ks_float[] = { 1, 7, 40, 301, 4104 }, ks_q[] = { 32, 96, 4128 }, ks_k[] = { 256, 768, 2304 };
-    static const int ms[] = { 1, 37, 300 }, ns[] = { 1, 2, 3, 5, 8, 9, 17, 64 };
+    static const int ms[] = { 1, 37, 300 }, ns[] = { 1, 2, 3, 5, 8, 9, 17, 33, 64 };
     for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
         int bs = lw_type_get_info(types[t]).block_size;
         const int* ks = bs == 1 ? ks_float : bs == 32 ? ks_q : ks_k;
@@ -164,10 +167,12 @@ static void test_matmul_every_type(void) {
                     lw_result r = lw__cuda_test_matmul(gpu->self, types[t], k, m, n, w, x, got);
                     LWT_CHECK(r == LW_OK, "%s k %d m %d n %d: %s", lw_type_get_info(types[t]).name, k, m, n, gpu_detail());
                     if (r == LW_OK) {
-                        double e = nmse(got, want, (size_t)n * m), bound = n <= 8 ? 1e-10 : 2e-6;
+                        // the backend's rule: matrix-vector up to 8 rows, and up to 32 for all but F16 weights
+                        int mv = n <= 8 || (n <= 32 && types[t] != LW_TYPE_F16);
+                        double e = nmse(got, want, (size_t)n * m), bound = mv ? 1e-10 : 2e-6;
                         LWT_CHECK(e <= bound, "%s k %d m %d n %d (%s): NMSE %.3g > %.0e", lw_type_get_info(types[t]).name, k, m, n,
-                                  n <= 8 ? "matrix-vector" : "GEMM", e, bound);
-                        if (n <= 8) worst_mv = fmax(worst_mv, e); else worst_gemm = fmax(worst_gemm, e);
+                                  mv ? "matrix-vector" : "GEMM", e, bound);
+                        if (mv) worst_mv = fmax(worst_mv, e); else worst_gemm = fmax(worst_gemm, e);
                     }
                     free(wf); free(x); free(want); free(got); free(w);
                 }
@@ -305,7 +310,7 @@ static lw_result run(lw_ctx* ctx, const lw_row* rows, int n, const lw_seq_mask* 
 
 // One script of batches run on both backends: each step's logits compared. `seqs` of each row index
 // into the script's sequences (created in both contexts).
-typedef struct step { int n; lw_row rows[32]; int seq_of[32]; lw_seq_mask masks[4]; int mask_seq[4]; int n_masks; const uint8_t* skip; } step;
+typedef struct step { int n; lw_row rows[64]; int seq_of[64]; lw_seq_mask masks[4]; int mask_seq[4]; int n_masks; const uint8_t* skip; } step;
 
 typedef struct pair { lw_ctx* c; lw_ctx* g; lw_seq cs[8]; lw_seq gs[8]; int n_seqs; } pair;
 
@@ -339,7 +344,7 @@ static double pair_step(pair* p, step* st, int n_vocab) {
     float* b = (float*)calloc(nl, sizeof(float));
     double e = -1;
     for (int side = 0; side < 2; side++) {
-        lw_row rows[32];
+        lw_row rows[64];
         lw_seq_mask masks[4];
         const lw_seq* seqs = side ? p->gs : p->cs;
         for (int i = 0; i < st->n; i++) { rows[i] = st->rows[i]; rows[i].seq = seqs[st->seq_of[i]]; }
@@ -389,9 +394,9 @@ static void check_shape(const mspec* s, lw_type kv, int gemm) {
     double bound = gemm ? (bs == 256 ? 1e-3 : 1e-4) : (bs == 1 ? 1e-9 : bs == 32 ? 1e-6 : 3e-4), worst = 0;
     step st;
     int len = 0;
-    for (int chunk = 0; len < 13; chunk++) {   // prefill: one chunk of 13 (GEMM) or chunks of <= 8
+    for (int chunk = 0; len < (gemm ? 40 : 13); chunk++) {   // prefill: one chunk of 40 (GEMM) or chunks of <= 8
         memset(&st, 0, sizeof st);
-        int take = gemm ? 13 : (chunk == 0 ? 8 : 5);
+        int take = gemm ? 40 : (chunk == 0 ? 8 : 5);
         for (int i = 0; i < take; i++, len++) add_row(&st, 0, (len * 37 + 5) % V, len, 1, 1);
         double e = pair_step(&p, &st, V);
         if (e < 0) break;
@@ -642,19 +647,23 @@ static int run_engine(lw_backend* be, lw_model* m, lw_model* draft, const mode_r
 }
 
 // The GPU's tokens against the CPU's: equal up to the first CPU near-tie; logits within the bound.
-static void compare_recs(const char* name, const rec* c, const rec* g, int n_vocab) {
-    int upto = c->n, diff = -1;
+static void compare_recs(const char* name, const rec* c, const rec* g, int n_vocab, double bound) {
+    int upto = c->n, diff = -1, with_logits = 0;
     double worst = 0;
     for (int i = 0; i < c->n; i++)
         if (c->logits[i] && top2_margin(c->logits[i], n_vocab) < 1e-3) { upto = i; break; }
     for (int i = 0; i < upto && i < g->n && diff < 0; i++) {
         if (c->ids[i] != g->ids[i]) diff = i;
-        if (c->logits[i] && g->logits[i]) worst = fmax(worst, nmse(g->logits[i], c->logits[i], (size_t)n_vocab));
+        if (c->logits[i] && g->logits[i]) {
+            worst = fmax(worst, nmse(g->logits[i], c->logits[i], (size_t)n_vocab));
+            with_logits++;
+        }
     }
     LWT_CHECK(diff < 0 && (g->n >= upto || g->n == c->n), "%s: first different id at %d (%d ids on the GPU, %d on the CPU, compared up to %d)", name, diff,
               g->n, c->n, upto);
-    LWT_CHECK(worst <= 1e-4, "%s: logits NMSE %.3g > 1e-4", name, worst);
-    printf("  %-22s %3d ids (%3d compared), logits NMSE %.2e\n", name, g->n, upto, worst);
+    LWT_CHECK(worst <= bound, "%s: logits NMSE %.3g > %.0e", name, worst, bound);
+    if (with_logits) printf("  %-28s %3d ids (%3d compared), logits NMSE %.2e\n", name, g->n, upto, worst);
+    else printf("  %-28s %3d ids (%3d compared; the events carry no logits)\n", name, g->n, upto);
 }
 
 static lw_request_desc req(lw_decode_mode mode, const int32_t* prompt, int n_prompt, int max_tokens) {
@@ -668,13 +677,13 @@ static lw_request_desc req(lw_decode_mode mode, const int32_t* prompt, int n_pro
     return d;
 }
 
-static void check_modes(lw_model* m, lw_model* draft, const mode_run* runs, int n) {
+static void check_modes(lw_model* m, lw_model* draft, const mode_run* runs, int n, double bound) {
     static rec rc[16], rg[16];
     int V = m->info.n_vocab;
     for (int i = 0; i < n; i++) {   // each alone
         int okc = run_engine(cpu, m, draft, &runs[i], 1, &rc[i]), okg = run_engine(gpu, m, draft, &runs[i], 1, &rg[i]);
         LWT_CHECK(okc && okg, "%s alone: cpu %d cuda %d", runs[i].name, okc, okg);
-        if (okc && okg) compare_recs(runs[i].name, &rc[i], &rg[i], V);
+        if (okc && okg) compare_recs(runs[i].name, &rc[i], &rg[i], V, bound);
         rec_free(&rc[i]); rec_free(&rg[i]);
     }
     int okc = run_engine(cpu, m, draft, runs, n, rc), okg = run_engine(gpu, m, draft, runs, n, rg);   // all together
@@ -682,7 +691,7 @@ static void check_modes(lw_model* m, lw_model* draft, const mode_run* runs, int 
     for (int i = 0; okc && okg && i < n; i++) {
         char name[64];
         snprintf(name, sizeof name, "%s (batched)", runs[i].name);
-        compare_recs(name, &rc[i], &rg[i], V);
+        compare_recs(name, &rc[i], &rg[i], V, bound);
     }
     for (int i = 0; i < n; i++) { rec_free(&rc[i]); rec_free(&rg[i]); }
 }
@@ -708,7 +717,7 @@ static void test_engine_causal_modes(void) {
         runs[4].name = "lookahead"; runs[4].d = req(LW_MODE_LOOKAHEAD, p1, 33, 48);
         runs[5].name = "ar (short prompt)"; runs[5].d = req(LW_MODE_AR, p1, 5, 60);
         printf("  %s models:\n", q ? "Q8_0" : "F32");
-        check_modes(t.model, dr.model, runs, 6);
+        check_modes(t.model, dr.model, runs, 6, q ? 1e-3 : 1e-4);
         free_model(&dr);
         free_model(&t);
     }
@@ -730,10 +739,10 @@ static void test_engine_diffusion_modes(void) {
     runs[1].name = "diffusion threshold"; runs[1].d = req(LW_MODE_DIFFUSION, p, 11, 16);
     runs[1].d.diffusion.gen_length = 16; runs[1].d.diffusion.threshold = 0.5f;
     printf("  masked diffusion:\n");
-    check_modes(a.model, NULL, runs, 2);
+    check_modes(a.model, NULL, runs, 2, 1e-4);
     runs[2].name = "block diffusion"; runs[2].d = req(LW_MODE_BLOCK, p, 11, 20);
     printf("  block diffusion:\n");
-    check_modes(b.model, NULL, &runs[2], 1);
+    check_modes(b.model, NULL, &runs[2], 1, 1e-4);
     free_model(&b);
     free_model(&a);
 }
