@@ -608,7 +608,8 @@ static void test_reference_block8(void) {
     check_cases("block8", model_path("block8"), m, cases, N_OF(cases));
 }
 
-// the shipped models (trained by tools/train_tiny.py): a failure while they do not exist
+// the shipped models (trained by tools/train_tiny.py): a failure while they do not exist; their cases are
+// small, the F16 weights being slow under qemu (make test-arm)
 static lw_model* load_shipped(const char* path) {
     lw_model* m = NULL;
     if (!file_exists(path)) return NULL;
@@ -621,10 +622,10 @@ static void test_reference_shipped_mdiff(void) {
     LWT_REQUIRE(m, "model not found: %s (the shipped masked-diffusion model, from tools/train_tiny.py)", SHIPPED_MDIFF);
     if (!have_torch()) { lw_model_free(m); LWT_SKIP("python3-torch is missing: no reference"); }
     static const dcase cases[] = {
-        { "ROMEO:, blocks of 8, 2 per step", LW_MODE_DIFFUSION, 0, "ROMEO:", 0, DP(.gen_length = 32, .steps = 16, .block_length = 8), 32, false, 0, 0 },
-        { "ROMEO:, threshold 0.9",           LW_MODE_DIFFUSION, 0, "ROMEO:", 0, DP(.gen_length = 32, .threshold = 0.9f), 32, false, 0, 0 },
-        { "citizen, blocks of 12, cfg 1",    LW_MODE_DIFFUSION, 0, "First Citizen:\nBefore we proceed", 0,
-          DP(.gen_length = 24, .steps = 12, .block_length = 12, .cfg_scale = 1.0f), 24, false, 0, 0 },
+        { "ROMEO:, blocks of 8, 2 per step", LW_MODE_DIFFUSION, 0, "ROMEO:", 0, DP(.gen_length = 16, .steps = 8, .block_length = 8), 16, false, 0, 0 },
+        { "ROMEO:, threshold 0.9",           LW_MODE_DIFFUSION, 0, "ROMEO:", 0, DP(.gen_length = 8, .threshold = 0.9f), 8, false, 0, 0 },
+        { "citizen, blocks of 4, cfg 1",     LW_MODE_DIFFUSION, 0, "First Citizen:\nBefore we proceed", 0,
+          DP(.gen_length = 8, .steps = 4, .block_length = 4, .cfg_scale = 1.0f), 8, false, 0, 0 },
     };
     check_cases("shipped", SHIPPED_MDIFF, m, cases, N_OF(cases));
     lw_model_free(m);
@@ -635,10 +636,10 @@ static void test_reference_shipped_bdiff(void) {
     LWT_REQUIRE(m, "model not found: %s (the shipped block-diffusion model, from tools/train_tiny.py)", SHIPPED_BDIFF);
     if (!have_torch()) { lw_model_free(m); LWT_SKIP("python3-torch is missing: no reference"); }
     static const dcase cases[] = {
-        { "ROMEO:, threshold 0.9",     LW_MODE_BLOCK, 0, "ROMEO:", 0, DP(0), 40, false, 0, 0 },
-        { "ROMEO:, 2 per step",        LW_MODE_BLOCK, 0, "ROMEO:", 0, DP(.tokens_per_step = 2), 37, false, 0, 0 },
+        { "ROMEO:, threshold 0.9",     LW_MODE_BLOCK, 0, "ROMEO:", 0, DP(0), 12, false, 0, 0 },
+        { "ROMEO:, 4 per step",        LW_MODE_BLOCK, 0, "ROMEO:", 0, DP(.tokens_per_step = 4), 25, false, 0, 0 },
         { "citizen, threshold 0.7",    LW_MODE_BLOCK, 0, "First Citizen:\nBefore we proceed any further, hear me speak.", 0,
-          DP(.threshold = 0.7f), 30, false, 0, 0 },
+          DP(.threshold = 0.7f), 8, false, 0, 0 },
     };
     check_cases("shipped", SHIPPED_BDIFF, m, cases, N_OF(cases));
     lw_model_free(m);
@@ -863,8 +864,9 @@ static void test_block_cache_equals_recompute(void) {
 static void test_block_cache_equals_recompute_shipped(void) {
     lw_model* m = load_shipped(SHIPPED_BDIFF);
     LWT_REQUIRE(m, "model not found: %s (the shipped block-diffusion model, from tools/train_tiny.py)", SHIPPED_BDIFF);
-    check_cache_vs_scratch(m, "shipped: ROMEO:, threshold 0.9, n 48", NULL, 0, "ROMEO:", DPL(0), 48, false);
-    check_cache_vs_scratch(m, "shipped: ROMEO:, 2 per step, n 40", NULL, 0, "ROMEO:", DPL(.tokens_per_step = 2), 40, true);
+    // (one small case: the F16 model runs at ~20 ms a row under qemu, where make test-arm runs this; the
+    // threshold rule is checked on the random models)
+    check_cache_vs_scratch(m, "shipped: ROMEO:, 4 per step, n 30", NULL, 0, "ROMEO:", DPL(.tokens_per_step = 4), 30, true);
     lw_model_free(m);
 }
 
