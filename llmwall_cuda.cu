@@ -375,6 +375,23 @@ __global__ void lw__k_dequant(lw__cu_mat W, const int32_t* rows, int n, void* ou
     int r = (int)(idx / units), u = (int)(idx % units);
     float v[U];
     lw__cu_dq<T>(W, rows ? rows[r] : r, u, v);
+    if constexpr (OUT != 0 && U % 8 == 0) {   // 16-bit rows: 8 values (16 bytes) a store; runs of 8 columns are contiguous
+        if (W.k % 8 == 0) {
+#pragma unroll
+            for (int i = 0; i < U; i += 8) {
+                uint32_t w[4];
+#pragma unroll
+                for (int h = 0; h < 4; h++) {
+                    uint16_t lo = OUT == 1 ? lw__cu_f2h(v[i + 2 * h]) : lw__cu_f2b(v[i + 2 * h]);
+                    uint16_t hi = OUT == 1 ? lw__cu_f2h(v[i + 2 * h + 1]) : lw__cu_f2b(v[i + 2 * h + 1]);
+                    w[h] = (uint32_t)lo | (uint32_t)hi << 16;
+                }
+                uint4 q = { w[0], w[1], w[2], w[3] };
+                *(uint4*)((uint16_t*)out + (size_t)r * ldo + (size_t)lw__cu_dq_at<T>(u, i)) = q;
+            }
+            return;
+        }
+    }
 #pragma unroll
     for (int i = 0; i < U; i++) {
         int at = lw__cu_dq_at<T>(u, i);
