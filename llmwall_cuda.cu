@@ -76,6 +76,9 @@
    LW_BACKEND_FAILED; the message is kept in the backend (lw__cuda_last_error) and, at creation, written
    into the caller's buffer.
 */
+#ifndef LW_CUDA
+#define LW_CUDA   // for the declarations of what this file exports (so the compiler checks them)
+#endif
 #include "llmwall.h"
 
 #include <cuda_runtime.h>
