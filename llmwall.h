@@ -888,6 +888,9 @@ typedef struct lw__backend_i {
     lw_result (*kv_copy)(void* self, void* pool, size_t dst, size_t src, size_t bytes);   // within the pool
     lw_result (*forward)(void* self, void* prepared, const lw__fwd* fwd);
     int       (*n_threads)(void* self);
+    // Optional: what the last failed call said (a backend that reports through lw_last_error itself, as
+    // the CPU does, leaves it NULL).
+    const char* (*last_error)(void* self);
 } lw__backend_i;
 
 #ifdef LW_CUDA
@@ -6129,6 +6132,7 @@ static const lw__backend_i lw__cpu_backend_i = {
     /* .kv_copy       = */ lw__cpu_kv_copy,
     /* .forward       = */ lw__cpu_forward,
     /* .n_threads     = */ lw__cpu_n_threads,
+    /* .last_error    = */ NULL,
 };
 
 static int lw__online_cores(void) {
@@ -6213,6 +6217,12 @@ LWDEF const char* lw_backend_kernels(const lw_backend* be) {
     return be && be->kind == LW_BACKEND_CPU ? ((const lw__cpu*)be->self)->kernels.name : "";
 }
 LWDEF int lw_backend_threads(const lw_backend* be) { return be ? be->vt->n_threads(be->self) : 0; }
+
+// A backend call failed with r: the detail goes to lw_last_error (and the logger) as for any failure.
+static lw_result lw__backend_failed(const lw_backend* be, const lw_logger* lg, lw_result r) {
+    if (!be->vt->last_error) return r;   // it reported the failure itself
+    return lw__fail(lg, r, "%s backend: %s", be->vt->name, be->vt->last_error(be->self));
+}
 
 // >>kv ------------------------------------------------------------------------------------------------
 // The KV pool is n_pages pages of page_bytes bytes in the backend's memory. A sequence owns a page table:
@@ -6424,10 +6434,16 @@ LWDEF lw_result lw_ctx_create(lw_ctx** out, lw_model* model, lw_backend* backend
     }
     for (int i = 0; i < ctx->n_pages; i++) ctx->free_pages[i] = ctx->n_pages - 1 - i;   // page 0 first
     ctx->n_free = ctx->n_pages;
-    if ((r = backend->vt->kv_alloc(backend->self, (size_t)ctx->n_pages * ctx->kv.page_bytes, &ctx->kv_pool))) goto fail;
+    if ((r = backend->vt->kv_alloc(backend->self, (size_t)ctx->n_pages * ctx->kv.page_bytes, &ctx->kv_pool))) {
+        r = lw__backend_failed(backend, lg, r);
+        goto fail;
+    }
     ctx->models[0].model = model;
     ctx->models[0].kv = ctx->kv;
-    if ((r = backend->vt->model_prepare(backend->self, &model->w, &ctx->models[0].prepared))) goto fail;
+    if ((r = backend->vt->model_prepare(backend->self, &model->w, &ctx->models[0].prepared))) {
+        r = lw__backend_failed(backend, lg, r);
+        goto fail;
+    }
     ctx->n_models = 1;
     *out = ctx;
     return LW_OK;
@@ -6505,7 +6521,7 @@ LWDEF lw_result lw_ctx_add_model(lw_ctx* ctx, lw_model* model, int* index) {
         }
         ctx->max_pages_per_seq = max_pages;
     }
-    if ((r = ctx->backend->vt->model_prepare(ctx->backend->self, &model->w, &cm->prepared))) return r;
+    if ((r = ctx->backend->vt->model_prepare(ctx->backend->self, &model->w, &cm->prepared))) return lw__backend_failed(ctx->backend, &ctx->logger, r);
     cm->model = model;
     *index = ctx->n_models++;
     return LW_OK;
@@ -6638,7 +6654,7 @@ static lw_result lw__batch_prepare(lw_ctx* ctx, const lw_batch* batch, int* n_se
                                 ctx->n_pages, kv->page_size);
             lw_result r = ctx->backend->vt->kv_copy(ctx->backend->self, ctx->kv_pool, (size_t)page * kv->page_bytes,
                                                     (size_t)slot->pages[first] * kv->page_bytes, kv->page_bytes);
-            if (r) { lw__page_release(ctx, page); return r; }
+            if (r) { lw__page_release(ctx, page); return lw__backend_failed(ctx->backend, lg, r); }
             int32_t* log = ctx->cow + 3 * (*n_cow_out)++;
             log[0] = ctx->slot_of_local[s];
             log[1] = first;
@@ -6678,6 +6694,7 @@ LWDEF lw_result lw_ctx_forward(lw_ctx* ctx, const lw_batch* batch) {
         fwd.skip_layers = batch->skip_layers;
         fwd.logits = batch->logits;
         r = ctx->backend->vt->forward(ctx->backend->self, cm->prepared, &fwd);
+        if (r != LW_OK) r = lw__backend_failed(ctx->backend, &ctx->logger, r);
     }
     if (r != LW_OK) {   // nothing changes: give back the pages taken for this batch, newest first
         for (int i = n_grown - 1; i >= 0; i--) {

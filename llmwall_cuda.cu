@@ -1702,6 +1702,8 @@ static void lw__cuda_destroy(void* self) {
     free(be);
 }
 
+extern "C" const char* lw__cuda_last_error(void* self);
+
 static const lw__backend_i lw__cuda_backend_i = {
     /* .name          = */ "cuda",
     /* .destroy       = */ lw__cuda_destroy,
@@ -1712,6 +1714,7 @@ static const lw__backend_i lw__cuda_backend_i = {
     /* .kv_copy       = */ lw__cuda_kv_copy,
     /* .forward       = */ lw__cuda_forward,
     /* .n_threads     = */ lw__cuda_n_threads,
+    /* .last_error    = */ lw__cuda_last_error,
 };
 
 static void lw__cu_copy_err(char* err, size_t err_size, const char* msg) {
