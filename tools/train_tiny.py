@@ -5,7 +5,7 @@ python3-sentencepiece):
 
     /usr/bin/python3 tools/train_tiny.py                  # the AR model, ~17 min on 2 idle cores
     /usr/bin/python3 tools/train_tiny.py --model mdiff    # masked diffusion, ~6 min idle (25 min shared)
-    /usr/bin/python3 tools/train_tiny.py --model bdiff    # block diffusion, ~7 min idle (28 min shared)
+    /usr/bin/python3 tools/train_tiny.py --model bdiff    # block diffusion, ~7 min idle (20 min shared)
     /usr/bin/python3 tools/train_tiny.py --quick          # a few steps, smoke test (any --model)
     /usr/bin/python3 tools/train_tiny.py --data FILE --out-dir DIR --model ar
 
