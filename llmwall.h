@@ -7717,7 +7717,11 @@ static int lw__mdiff_plan(lw__decoder* d, lw_row* rows, int budget, lw_seq_mask*
     lw__mdiff* s = (lw__mdiff*)d->state;
     int n = s->P + s->G, b0 = s->P + s->block * s->L;
     if (lw__mdiff_rows(s) > budget) { *n_masks = 0; d->n_planned = d->n_logit_rows = 0; return 0; }
-    if (s->cfg > 0.0f && !s->useq.id && lw_seq_create(d->ctx, &s->useq) != LW_OK) s->cfg = 0.0f;   // no room: unguided
+    if (s->cfg > 0.0f && !s->useq.id) {   // the unconditional canvas's sequence
+        lw_result r = lw_seq_create(d->ctx, &s->useq);
+        LW_ASSERT(r == LW_OK);   // the engine keeps a second sequence for every running request (else the
+        (void)r;                 // pass fails on the invalid sequence: an error, never a silently unguided run)
+    }
     s->n_want = 0;
     for (int t = b0; t < b0 + s->L; t++)
         if (s->canvas[t] == s->mask_id) s->want[s->n_want++] = t;
@@ -7815,8 +7819,9 @@ static lw_result lw__bdiff_init(lw__decoder* d, const lw_request_desc* r) {
         return lw__fail(NULL, LW_INVALID_ARGS, "block diffusion needs a model with diffusion.block_size and a mask token");
     if (m->info.shift_logits)
         return lw__fail(NULL, LW_INVALID_ARGS, "block diffusion with shifted logits (diffusion.shift_logits) is not supported");
-    if (p->gen_length || p->steps || p->block_length || p->cfg_scale || p->remasking || p->tokens_per_step < 0 || !(p->threshold >= 0.0f && p->threshold <= 1.0f))
-        return lw__fail(NULL, LW_INVALID_ARGS, "lw_diffusion_params: block diffusion takes a threshold in [0, 1] or tokens_per_step");
+    if (p->gen_length || p->steps || p->block_length || p->cfg_scale || p->remasking || p->tokens_per_step < 0 || !(p->threshold >= 0.0f && p->threshold <= 1.0f) ||
+        (p->tokens_per_step > 0 && p->threshold > 0.0f))
+        return lw__fail(NULL, LW_INVALID_ARGS, "lw_diffusion_params: block diffusion takes a threshold in [0, 1] or tokens_per_step (not both)");
     s->B = m->info.diffusion_block_size;
     s->per_step = p->tokens_per_step;
     s->tau = s->per_step ? 0.0f : p->threshold > 0.0f ? p->threshold : 0.9f;

@@ -1137,6 +1137,7 @@ static void test_validation(void) {
         { "threshold 2, block diffusion", m, LW_MODE_BLOCK, DP(.threshold = 2.0f), 8, LW_INVALID_ARGS, "threshold", 0 },
         { "threshold NaN, block diffusion", m, LW_MODE_BLOCK, DP(.threshold = NAN), 8, LW_INVALID_ARGS, "threshold", 0 },
         { "negative tokens_per_step", m, LW_MODE_BLOCK, DP(.tokens_per_step = -1), 8, LW_INVALID_ARGS, "tokens_per_step", 0 },
+        { "threshold and tokens_per_step", m, LW_MODE_BLOCK, DP(.threshold = 0.5f, .tokens_per_step = 2), 8, LW_INVALID_ARGS, "not both", 0 },
         { "tokens_per_step in masked diffusion", m, LW_MODE_DIFFUSION, DP(.gen_length = 8, .tokens_per_step = 2), 8, LW_INVALID_ARGS, "tokens_per_step", 0 },
         { "gen_length in block diffusion", m, LW_MODE_BLOCK, DP(.gen_length = 8), 8, LW_INVALID_ARGS, "block diffusion", 0 },
         { "cfg in block diffusion", m, LW_MODE_BLOCK, DP(.cfg_scale = 1.0f), 8, LW_INVALID_ARGS, "block diffusion", 0 },
