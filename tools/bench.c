@@ -61,6 +61,11 @@
                             workload's longest requests, at least the engine's 4 x context)
        -c N                 engine: context length (default: the model's training context)
        --prefill-first      engine: prompt chunks before decode rows
+       --prompt TEXT        every request's prompt is TEXT (tokenized with BOS as the model says)
+                            instead of random ids
+       --decode M           the requests' decoding mode: ar (default), diffusion (masked diffusion:
+                            --gen-length, --steps, --block-length, --threshold as lw_diffusion_params)
+                            or block (block diffusion: --threshold or --tokens-per-step)
      Prompts are random token ids (seeded, no BOS). Arrivals are backdated: a request that arrives while
      a step runs is submitted when the step ends, but its times (TTFT, end-to-end, the SLO) count from its
      arrival (lw_request_desc.arrival_time). In the closed
@@ -138,6 +143,9 @@ typedef struct bench_opts {
     double      ttft_slo, tpot_slo, temp;
     int         max_running, budget, n_ctx, prefill_first;
     int64_t     kv_tokens;
+    const char* prompt_text;             // --prompt: every request's prompt (else random ids)
+    lw_decode_mode decode;               // --decode: the requests' decoding mode
+    lw_diffusion_params diffusion;       // its parameters
 } bench_opts;
 
 __attribute__((format(printf, 1, 2))) static void die(const char* fmt, ...) {
@@ -567,6 +575,8 @@ typedef struct bench {
     lw_model*      model;
     lw_backend*    be;
     lw_model_info  info;
+    int32_t*       prompt_ids;     // --prompt tokenized (with BOS as the model says), or NULL
+    int            n_prompt_ids;
     machine        mach;
     int            argc;
     char**         argv;
@@ -984,6 +994,7 @@ static void workload_make(bench* B, workload* wl, int n_ctx) {
             wl->arrival[i] = t;
             t += -log(1.0 - rng_uniform(&rng));
             wl->prompt_len[i] = dist_sample(&o->prompt_len, &rng);
+            if (B->prompt_ids) wl->prompt_len[i] = B->n_prompt_ids;
             wl->gen_len[i] = dist_sample(&o->gen_len, &rng);
         }
     }
@@ -1009,9 +1020,11 @@ static void sleep_until(double t) {
 // Submits request i of the workload, its arrival backdated to `arrival` (absolute seconds).
 static void serve_submit(bench* B, driver* d, req_rec* r, int i, double arrival, double t0, int32_t* ids) {
     uint64_t rng = B->o.seed * 0x2545f4914f6cdd1dull + (uint64_t)i * 0x9e3779b97f4a7c15ull;
-    for (int k = 0; k < r->prompt_len; k++) ids[k] = rng_token(&rng, B->info.n_vocab);
+    for (int k = 0; k < r->prompt_len; k++) ids[k] = B->prompt_ids ? B->prompt_ids[k] : rng_token(&rng, B->info.n_vocab);
     lw_request_desc rd;
     memset(&rd, 0, sizeof rd);
+    rd.mode = B->o.decode;
+    rd.diffusion = B->o.diffusion;
     rd.prompt_ids = ids;
     rd.n_prompt_ids = r->prompt_len;
     rd.max_tokens = r->gen_len;
@@ -1212,6 +1225,11 @@ static void mode_serve(bench* B) {
     if (wl.from_trace) printf("\nworkload   %d requests from %s", wl.n, o->trace);
     else printf("\nworkload   %d requests, prompt %s, gen %s", wl.n, pl, gl);
     printf(" (mean %.1f + %.1f tokens, seed %llu)", (double)sum_p / wl.n, (double)sum_g / wl.n, (unsigned long long)o->seed);
+    if (o->prompt_text) printf(", prompt \"%s\"", o->prompt_text);
+    if (o->decode == LW_MODE_DIFFUSION)
+        printf(", masked diffusion (gen length %d, %d steps, blocks of %d%s)", o->diffusion.gen_length, o->diffusion.steps, o->diffusion.block_length,
+               o->diffusion.threshold > 0 ? ", threshold" : "");
+    if (o->decode == LW_MODE_BLOCK) printf(", block diffusion (%s)", o->diffusion.tokens_per_step ? "tokens per step" : "threshold");
     if (wl.clipped) printf(", %d clipped to the context of %d", wl.clipped, n_ctx);
     printf("\nslo        %s\n", slo);
     printf("engine     max_running %d, budget %d rows, context %d, KV pool %lld positions of %s%s\n", max_running, o->budget ? o->budget : 512,
@@ -1247,12 +1265,13 @@ static void mode_serve(bench* B) {
                r->es.requests_per_s, r->es.goodput, 100.0 * r->slo_met, t0, t1, t2, p0, p1);
     }
     double bw = B->mach.read_gbs, pk = B->mach.peak_gflops;
-    printf("\n| load | elapsed s | steps | rows/step | decode rows/step | KV mean | KV peak | preempt | GB/s | of bw | GFLOP/s | of peak | FLOP/B | busy |\n");
-    printf("|------|----------:|------:|----------:|-----------------:|--------:|--------:|--------:|-----:|------:|--------:|--------:|-------:|-----:|\n");
+    printf("\n| load | elapsed s | steps | rows/step | decode rows/step | tokens/step | KV mean | KV peak | preempt | GB/s | of bw | GFLOP/s | of peak | FLOP/B | busy |\n");
+    printf("|------|----------:|------:|----------:|-----------------:|------------:|--------:|--------:|--------:|-----:|------:|--------:|--------:|-------:|-----:|\n");
     for (int l = 0; l < n_loads; l++) {
         const serve_result* r = &res[l];
-        printf("| %s | %.2f | %.0f | %.1f | %.1f | %.0f%% | %.0f%% | %lld | %.1f | %.0f%% | %.1f | %.1f%% | %.2f | %.0f%% |\n", r->load, r->es.elapsed_s,
-               r->steps, r->es.mean_rows_per_step, r->decode_rows, 100.0 * r->kv_mean, 100.0 * r->kv_peak, (long long)r->es.preemptions,
+        printf("| %s | %.2f | %.0f | %.1f | %.1f | %.2f | %.0f%% | %.0f%% | %lld | %.1f | %.0f%% | %.1f | %.1f%% | %.2f | %.0f%% |\n", r->load, r->es.elapsed_s,
+               r->steps, r->es.mean_rows_per_step, r->decode_rows, r->steps > 0 ? (double)r->es.generated_tokens / r->steps : 0.0,
+               100.0 * r->kv_mean, 100.0 * r->kv_peak, (long long)r->es.preemptions,
                r->es.bytes_per_s / 1e9, 100.0 * r->es.bytes_per_s / 1e9 / bw, r->es.flops_per_s / 1e9, 100.0 * r->es.flops_per_s / 1e9 / pk,
                r->es.arithmetic_intensity, 100.0 * r->busy);
     }
@@ -1278,6 +1297,9 @@ static void mode_serve(bench* B) {
         jw_num(w, "ttft_slo_ms", o->ttft_slo);
         jw_num(w, "tpot_slo_ms", o->tpot_slo);
         jw_num(w, "temperature", o->temp);
+        static const char* const decodes[] = { "ar", "spec", "selfspec", "lookup", "lookahead", "diffusion", "block" };
+        jw_str(w, "decode", decodes[o->decode]);
+        if (o->prompt_text) jw_str(w, "prompt", o->prompt_text);
         jw_close(w, '}');
         jw_open(w, "engine", '{');
         jw_int(w, "max_running", max_running);
@@ -1380,7 +1402,8 @@ static void usage(FILE* f) {
         "  serve    --rate R[,R..] | --clients C[,C..] | --trace FILE   --requests 64\n"
         "           --prompt-len D  --gen-len D  (D: N, uniform:A:B, normal:MEAN:SD; default 64)\n"
         "           --ttft-slo MS  --tpot-slo MS  --temp T  --max-running 64  --budget 512  --kv-tokens N\n"
-        "           -c CTX  --prefill-first\n");
+        "           -c CTX  --prefill-first  --prompt TEXT\n"
+        "           --decode ar|diffusion|block  [--gen-length G --steps S --block-length B --threshold T --tokens-per-step K]\n");
 }
 
 static int parse_int(const char* s, const char* opt) {
@@ -1477,6 +1500,18 @@ static void parse_args(int argc, char** argv, bench_opts* o) {
         else if (!strcmp(a, "--max-running")) o->max_running = parse_int(v, a);
         else if (!strcmp(a, "--budget")) o->budget = parse_int(v, a);
         else if (!strcmp(a, "--kv-tokens")) o->kv_tokens = parse_int(v, a);
+        else if (!strcmp(a, "--prompt")) o->prompt_text = v;
+        else if (!strcmp(a, "--decode")) {
+            if (!strcmp(v, "ar")) o->decode = LW_MODE_AR;
+            else if (!strcmp(v, "diffusion")) o->decode = LW_MODE_DIFFUSION;
+            else if (!strcmp(v, "block")) o->decode = LW_MODE_BLOCK;
+            else die("--decode '%s': expected ar, diffusion or block", v);
+        }
+        else if (!strcmp(a, "--gen-length")) o->diffusion.gen_length = parse_int(v, a);
+        else if (!strcmp(a, "--steps")) o->diffusion.steps = parse_int(v, a);
+        else if (!strcmp(a, "--block-length")) o->diffusion.block_length = parse_int(v, a);
+        else if (!strcmp(a, "--threshold")) o->diffusion.threshold = (float)parse_num(v, a);
+        else if (!strcmp(a, "--tokens-per-step")) o->diffusion.tokens_per_step = parse_int(v, a);
         else die("unknown option %s (-h for help)", a);
         i++;
     }
@@ -1484,6 +1519,7 @@ static void parse_args(int argc, char** argv, bench_opts* o) {
     if (o->n_rates && o->n_clients) die("--rate and --clients exclude each other");
     if (o->n_rates && o->trace) die("--rate and --trace exclude each other (the trace has the arrival times)");
     if (o->mode != MODE_SERVE && (o->n_rates || o->n_clients || o->trace)) die("--rate, --clients and --trace are for --mode serve");
+    if (o->mode != MODE_SERVE && (o->prompt_text || o->decode != LW_MODE_AR)) die("--prompt and --decode are for --mode serve");
     if (o->reps > MAX_REPS) die("-r is at most 64");
     if (o->mode == MODE_SERVE && !o->n_rates && !o->n_clients && !o->trace) die("--mode serve needs --rate R, --clients C or --trace FILE");
     if (o->trace) {
@@ -1514,6 +1550,14 @@ int main(int argc, char** argv) {
     if (lw_model_load(&B.model, B.o.model, NULL) != LW_OK) fail("model");
     lw_model_get_info(B.model, &B.info);
     if (!B.info.has_weights) die("%s has no weights (a vocabulary-only file)", B.o.model);
+    if (B.o.prompt_text) {
+        int n = 0;
+        lw_tokenize(B.model, B.o.prompt_text, strlen(B.o.prompt_text), LW_TOKENIZE_ADD_SPECIAL, NULL, 0, &n);
+        B.prompt_ids = (int32_t*)malloc(sizeof(int32_t) * (size_t)(n + 1));
+        if (!B.prompt_ids || lw_tokenize(B.model, B.o.prompt_text, strlen(B.o.prompt_text), LW_TOKENIZE_ADD_SPECIAL, B.prompt_ids, n + 1,
+                                         &B.n_prompt_ids) != LW_OK || B.n_prompt_ids < 1)
+            die("--prompt: cannot tokenize '%s'", B.o.prompt_text);
+    }
 
     static const char* const mode_names[] = { "pp-tg", "serve", "sweep" };
     printf("model      %s (%s, %s, %.1f MiB, %.1f M params)\n", B.o.model, B.info.arch, lw_type_get_info(B.info.weight_type).name,
@@ -1525,6 +1569,7 @@ int main(int argc, char** argv) {
     else if (B.o.mode == MODE_SWEEP) mode_sweep(&B);
     else mode_serve(&B);
     json_end(&B);
+    free(B.prompt_ids);
     lw_model_free(B.model);
     lw_backend_free(B.be);
     return 0;
