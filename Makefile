@@ -2,6 +2,8 @@
 #   make all        the CLI, tools, examples and test programs (in build/)
 #   make run        generate Shakespeare with the embedded default model
 #   make run-spec   the same greedily, plainly and then speculatively with its draft model (statistics on stderr)
+#   make run-diffusion  the diffusion models: masked diffusion step by step (examples/diffusion_view.c),
+#                   then masked and block diffusion through the CLI (statistics on stderr)
 #   make test       build and run every test; ends with "N passed, N failed, N skipped"
 #   make test-asan  the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make test-arm   cross-built for 64-bit ARM (aarch64-linux-gnu-gcc, static) and run under qemu-user
@@ -32,7 +34,7 @@ TESTS    = $(patsubst tests/%.c,$(BUILD)/%,$(wildcard tests/test_*.c)) $(BUILD)/
 EXAMPLES = $(patsubst examples/%.c,$(BUILD)/example_%,$(wildcard examples/*.c))
 HEADERS  = llmwall.h tools/gguf_writer.h tests/lwtest.h
 
-.PHONY: all run run-spec test test-asan test-arm bench clean check-deps
+.PHONY: all run run-spec run-diffusion test test-asan test-arm bench clean check-deps
 all: check-deps $(TOOLS) $(TESTS) $(EXAMPLES)
 
 check-deps:
@@ -60,6 +62,13 @@ DRAFT   ?= models/tiny-shakespeare-draft.gguf
 run-spec: check-deps $(BUILD)/llmwall
 	$(BUILD)/llmwall -m $(MODEL) -p "$(PROMPT)" -n 200 --temp 0
 	$(BUILD)/llmwall -m $(MODEL) -p "$(PROMPT)" -n 200 --temp 0 --mode spec --draft $(DRAFT)
+
+MDIFF   ?= models/tiny-shakespeare-mdiff.gguf
+BDIFF   ?= models/tiny-shakespeare-bdiff.gguf
+run-diffusion: check-deps $(BUILD)/llmwall $(BUILD)/example_diffusion_view
+	$(BUILD)/example_diffusion_view $(MDIFF) "$(PROMPT)" diffusion 32 16 16
+	$(BUILD)/llmwall -m $(MDIFF) -p "$(PROMPT)" -n 128 --temp 0 --mode diffusion --block-length 16 --steps 128
+	$(BUILD)/llmwall -m $(BDIFF) -p "$(PROMPT)" -n 128 --temp 0 --mode block --threshold 0.9
 
 test: check-deps $(TOOLS) $(TESTS) $(EXAMPLES)
 	@BUILD=$(BUILD) sh tests/run.sh
