@@ -32,7 +32,7 @@ PROMPT  ?= ROMEO:
 TOOLS    = $(BUILD)/llmwall $(BUILD)/mkmodel $(BUILD)/bench $(BUILD)/skipsearch $(BUILD)/roofline
 TESTS    = $(patsubst tests/%.c,$(BUILD)/%,$(wildcard tests/test_*.c)) $(BUILD)/test_cpp
 EXAMPLES = $(patsubst examples/%.c,$(BUILD)/example_%,$(wildcard examples/*.c))
-HEADERS  = llmwall.h tools/gguf_writer.h tests/lwtest.h
+HEADERS  = llmwall.h tools/gguf_writer.h tests/lwtest.h tests/lwjson.h
 
 .PHONY: all run run-spec run-diffusion test test-asan test-arm bench clean check-deps
 all: check-deps $(TOOLS) $(TESTS) $(EXAMPLES)

@@ -32,6 +32,7 @@
 #define LLMWALL_IMPLEMENTATION
 #include "../llmwall.h"
 #include "lwtest.h"
+#include "lwjson.h"
 #include <math.h>
 #include <ctype.h>
 
@@ -56,111 +57,6 @@ static bool file_exists(const char* path) {
     FILE* f = fopen(path, "rb");
     if (f) fclose(f);
     return f != NULL;
-}
-
-// ---- JSON, just enough for the reference's lines (objects, arrays, numbers, strings, literals)
-
-enum { J_NULL, J_BOOL, J_NUM, J_STR, J_ARR, J_OBJ };
-typedef struct jv {
-    int         t;
-    double      num;
-    char*       str;
-    struct jv*  items;
-    char**      keys;
-    int         n;
-} jv;
-
-static void jfree(jv* v) {
-    for (int i = 0; i < v->n; i++) {
-        jfree(&v->items[i]);
-        if (v->keys) free(v->keys[i]);
-    }
-    free(v->items);
-    free(v->keys);
-    free(v->str);
-    memset(v, 0, sizeof *v);
-}
-
-static void jskip(const char** p) { while (**p && isspace((unsigned char)**p)) (*p)++; }
-
-static char* jstring(const char** p) {   // at the opening quote; escapes other than \" \\ are kept as is
-    size_t cap = 16, n = 0;
-    char* s = (char*)malloc(cap);
-    (*p)++;
-    while (**p && **p != '"') {
-        char c = *(*p)++;
-        if (c == '\\' && **p) c = *(*p)++;
-        if (n + 2 > cap) s = (char*)realloc(s, cap *= 2);
-        s[n++] = c;
-    }
-    if (**p == '"') (*p)++;
-    s[n] = 0;
-    return s;
-}
-
-static int jparse(const char** p, jv* out, int depth) {
-    memset(out, 0, sizeof *out);
-    jskip(p);
-    if (depth > 32) return 0;
-    char c = **p;
-    if (c == '{' || c == '[') {
-        out->t = c == '{' ? J_OBJ : J_ARR;
-        (*p)++;
-        int cap = 0;
-        jskip(p);
-        if (**p == (c == '{' ? '}' : ']')) { (*p)++; return 1; }
-        for (;;) {
-            char* key = NULL;
-            jskip(p);
-            if (out->t == J_OBJ) {
-                if (**p != '"') return 0;
-                key = jstring(p);
-                jskip(p);
-                if (**p != ':') { free(key); return 0; }
-                (*p)++;
-            }
-            if (out->n == cap) {
-                cap = cap ? 2 * cap : 8;
-                out->items = (jv*)realloc(out->items, (size_t)cap * sizeof(jv));
-                if (out->t == J_OBJ) out->keys = (char**)realloc(out->keys, (size_t)cap * sizeof(char*));
-            }
-            if (out->t == J_OBJ) out->keys[out->n] = key;
-            int ok = jparse(p, &out->items[out->n], depth + 1);
-            out->n++;
-            if (!ok) return 0;
-            jskip(p);
-            if (**p == ',') { (*p)++; continue; }
-            if (**p == (c == '{' ? '}' : ']')) { (*p)++; return 1; }
-            return 0;
-        }
-    }
-    if (c == '"') { out->t = J_STR; out->str = jstring(p); return 1; }
-    if (!strncmp(*p, "true", 4)) { out->t = J_BOOL; out->num = 1; *p += 4; return 1; }
-    if (!strncmp(*p, "false", 5)) { out->t = J_BOOL; *p += 5; return 1; }
-    if (!strncmp(*p, "null", 4)) { out->t = J_NULL; *p += 4; return 1; }
-    char* end;
-    out->t = J_NUM;
-    out->num = strtod(*p, &end);
-    if (end == *p) return 0;
-    *p = end;
-    return 1;
-}
-
-static const jv* jget(const jv* o, const char* key) {
-    if (!o || o->t != J_OBJ) return NULL;
-    for (int i = 0; i < o->n; i++)
-        if (!strcmp(o->keys[i], key)) return &o->items[i];
-    return NULL;
-}
-
-// an array of integers into out (at most cap); its length, or -1 when it is not one
-static int jints(const jv* a, int32_t* out, int cap) {
-    if (!a || a->t != J_ARR) return -1;
-    for (int i = 0; i < a->n && i < cap; i++) {
-        if (a->items[i].t != J_NUM) return -1;
-        out[i] = (int32_t)a->items[i].num;
-    }
-    return a->n;
 }
 
 // ---- models
@@ -374,7 +270,7 @@ static void ref_args(char** s, size_t* cap, const char* path, const lw_model* m,
 }
 
 // runs the reference once for n cases (options separated by --then); results[i] gets case i's object
-static bool ref_run(const char* path, const lw_model* m, const dcase* cases, const erun* runs, int n, jv* results) {
+static bool ref_run(const char* path, const lw_model* m, const dcase* cases, const erun* runs, int n, jval* results) {
     char* cmd = NULL;
     size_t cap = 0;
     append(&cmd, &cap, "%s tests/diffusion_ref.py", py());
@@ -401,9 +297,16 @@ static bool ref_run(const char* path, const lw_model* m, const dcase* cases, con
     }
     if (text) text[len] = 0;
     const char* p = text ? text : "";
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n; i++) {   // one JSON line per run
         memset(&results[i], 0, sizeof results[i]);
-        if (ok && !jparse(&p, &results[i], 0)) ok = false;
+        const char* eol = strchr(p, '\n');
+        size_t line = eol ? (size_t)(eol - p) : strlen(p);
+        char err[160];
+        if (ok && !jparse(p, line, &results[i], err, sizeof err)) {
+            printf("  the reference's line %d: %s\n", i + 1, err);
+            ok = false;
+        }
+        p += line + (eol != NULL);
     }
     if (!ok) {
         char* err = lwt_read_file(errpath, NULL);
@@ -427,18 +330,18 @@ static void print_ids(const char* label, const int32_t* a, int n) {
 
 // compares an engine run with the reference's result, step by step; returns the steps compared (a near tie
 // stops the comparison before its step)
-static int compare(const char* model_name, const dcase* c, const erun* r, const jv* ref) {
-    const jv* states = jget(ref, "states");
-    const jv* near = jget(ref, "near_ties");
-    const jv* fin = jget(ref, "finish");
-    const jv* stuck = jget(ref, "stuck");
+static int compare(const char* model_name, const dcase* c, const erun* r, const jval* ref) {
+    const jval* states = jget(ref, "states");
+    const jval* near = jget(ref, "near_ties");
+    const jval* fin = jget(ref, "finish");
+    const jval* stuck = jget(ref, "stuck");
     if (!states || states->t != J_ARR || !near || !fin) {
         LWT_CHECK(0, "%s/%s: the reference's output lacks states, near_ties or finish", model_name, c->name);
         return 0;
     }
     int n_cmp = states->n, tie_step = -1;
     for (int i = 0; i < near->n; i++) {
-        const jv* st = jget(&near->items[i], "step");
+        const jval* st = jget(&near->items[i], "step");
         if (st && (tie_step < 0 || (int)st->num < tie_step)) tie_step = (int)st->num;
     }
     if (tie_step >= 0) n_cmp = tie_step;
@@ -447,11 +350,11 @@ static int compare(const char* model_name, const dcase* c, const erun* r, const 
     bool block = c->mode == LW_MODE_BLOCK;
     int bad = -1;
     for (int i = 0; i < n_cmp && i < n_snaps && bad < 0; i++) {
-        const jv* st = &states->items[i];
+        const jval* st = &states->items[i];
         const snap* s = &r->snaps[i];
-        int nc = jints(jget(st, block ? "block" : "canvas"), want, 4096);
-        int ni = jints(jget(st, "ids"), want_ids, 4096);
-        const jv* pos = jget(st, "pos");
+        int nc = jints_into(jget(st, block ? "block" : "canvas"), want, 4096);
+        int ni = jints_into(jget(st, "ids"), want_ids, 4096);
+        const jval* pos = jget(st, "pos");
         int want_pos = block ? (pos ? (int)pos->num : -1) : (int)stbds_arrlen(r->prompt);
         bool same = nc == s->n && ni == s->n_ids && want_pos == s->pos && !memcmp(want, s->canvas, sizeof(int32_t) * (size_t)LW__MAX(nc, 0)) &&
                     !memcmp(want_ids, s->ids, sizeof(int32_t) * (size_t)LW__MAX(ni, 0));
@@ -467,7 +370,7 @@ static int compare(const char* model_name, const dcase* c, const erun* r, const 
         }
     }
     int32_t ref_ids[4096];
-    int n_ref = jints(jget(ref, "ids"), ref_ids, 4096);
+    int n_ref = jints_into(jget(ref, "ids"), ref_ids, 4096);
     int n_ids = (int)stbds_arrlen(r->ids);
     if (tie_step < 0 && bad < 0) {
         LWT_CHECK(n_snaps == states->n, "%s/%s: %d steps, the reference %d", model_name, c->name, n_snaps, states->n);
@@ -490,7 +393,7 @@ static void check_cases(const char* model_name, const char* path, lw_model* m, c
     erun* runs = (erun*)calloc((size_t)n, sizeof(erun));
     dcase* ok_cases = (dcase*)calloc((size_t)n, sizeof(dcase));
     erun* ok_runs = (erun*)calloc((size_t)n, sizeof(erun));
-    jv* refs = (jv*)calloc((size_t)n, sizeof(jv));
+    jval* refs = (jval*)calloc((size_t)n, sizeof(jval));
     int n_ok = 0;
     for (int i = 0; i < n; i++) {   // the engine first: the reference takes the prompt ids it used
         engine_run(m, &cases[i], &runs[i]);
