@@ -4478,6 +4478,20 @@ LW__T512 static LW__INL float lw__z_hsum(__m512 v) {
     return _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)));
 }
 
+// lw__z_hsum of 16 vectors at once, each lane by the same tree: lane 4c + e of the result is the sum of
+// v[4e + c] (45 instructions instead of 16 x 8).
+LW__T512 static LW__INL __m512 lw__z_hsum16(const __m512* v) {
+    __m512 t[8], u[4], w2[2];
+    LW__UNROLL for (int i = 0; i < 8; i++)   // lanes 0-7: v[2i]'s l + l+8, lanes 8-15 v[2i+1]'s
+        t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44), _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+    LW__UNROLL for (int i = 0; i < 4; i++)   // chunk c: v[4i + c]'s l + l+4
+        u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0x88), _mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0xDD));
+    LW__UNROLL for (int i = 0; i < 2; i++)   // chunk c lanes 0,1: v[8i + c]'s l + l+2; lanes 2,3: v[8i + 4 + c]'s
+        w2[i] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm512_add_ps(_mm512_shuffle_ps(w2[0], w2[1], _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_ps(w2[0], w2[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
 // Micro-tile of MJ W rows x MR x rows over the k-block [k0, k1): partial sums start at zero when k0 is
 // 0, else come from buf ([j][6][16] floats); at k1 == k the tail is added, the lanes reduced and the
 // results stored, else the sums go back to buf. MJ x MR accumulators + MJ weight vectors <= 28 zmm.
@@ -4522,11 +4536,49 @@ LW__T512 static LW__INL void lw__z_fmicro(const uint8_t* w, size_t w_row, const 
         }
 }
 
+enum { LW__ZF_PF = 4 };   // W rows prefetched ahead by lw__z_ftile
+
+// One x row against short W rows (k <= LW__ZF_SHORT: attention scores, a head's K entries), 16 W rows
+// at a time with their lanes reduced together (lw__z_hsum16): the same sums as lw__z_fmicro's.
+enum { LW__ZF_SHORT = 256 };
+LW__T512 static LW__INL void lw__z_fshort(const uint8_t* w, size_t w_row, const uint8_t* x, int k, int nj, float* y, int accumulate,
+                                         const int wt) {
+    const size_t es = wt == 0 ? 4 : 2;
+    const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);   // W row jj at lane 4(jj%4) + jj/4
+    const float* xf = (const float*)x;
+    for (int j0 = 0; j0 < nj; j0 += 16) {
+        int m = LW__MIN(16, nj - j0);
+        const uint8_t* wr[16];
+        for (int jj = 0; jj < 16; jj++) wr[jj] = w + (size_t)(j0 + LW__MIN(jj, m - 1)) * w_row;
+        __m512 acc[16];
+        LW__UNROLL for (int jj = 0; jj < 16; jj++) acc[jj] = _mm512_setzero_ps();
+        int i = 0;
+        for (; i + 16 <= k; i += 16) {
+            __m512 xv = _mm512_loadu_ps(xf + i);
+            LW__UNROLL for (int jj = 0; jj < 16; jj++) acc[jj] = _mm512_fmadd_ps(lw__z_ldw(wr[jj] + (size_t)i * es, wt), xv, acc[jj]);
+        }
+        if (k & 15) {
+            __mmask16 mk = (__mmask16)((1u << (k & 15)) - 1);
+            __m512 xv = _mm512_maskz_loadu_ps(mk, xf + i);
+            LW__UNROLL for (int jj = 0; jj < 16; jj++) acc[jj] = _mm512_fmadd_ps(lw__z_ldw_tail(wr[jj] + (size_t)i * es, wt, mk), xv, acc[jj]);
+        }
+        __m512 v = _mm512_permutexvar_ps(perm, lw__z_hsum16(acc));
+        __mmask16 ms = (__mmask16)((1u << m) - 1);
+        float* o = y + j0;
+        if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(ms, o), v);
+        _mm512_mask_storeu_ps(o, ms, v);
+    }
+}
+
 // A float tile: rows in groups of 6 (then 4, 2, 1), W rows in groups of 4 (then 1). With many rows
 // and a long k, k is split in blocks of LW__X_KC so a group's x rows stay in L1 while the W panel
 // passes; the partial sums wait in buf between blocks (exact: only where they live changes).
 LW__T512 static LW__INL void lw__z_ftile(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj,
                                         int nr, float* y, size_t ys, int accumulate, const int wt) {
+    if (k <= LW__ZF_SHORT && nr <= 3) {
+        for (int r = 0; r < nr; r++) lw__z_fshort(w, w_row, x + (size_t)r * x_row, k, nj, y + (size_t)r * ys, accumulate, wt);
+        return;
+    }
     float buf[LW__X_TILE_COLS * 6 * 16];
     int kc = nr >= 6 && k > LW__X_KC_MIN && nj <= LW__X_TILE_COLS ? LW__X_KC : k;
     for (int r0 = 0; r0 < nr;) {
@@ -4538,6 +4590,11 @@ LW__T512 static LW__INL void lw__z_ftile(const uint8_t* w, size_t w_row, const u
             for (int j0 = 0; j0 < nj;) {
                 const uint8_t* wj = w + (size_t)j0 * w_row;
                 float* b = buf + j0 * 6 * 16;
+                if (r0 == 0 && k0 == 0) {   // the W rows LW__ZF_PF on (past the tile: the next tile's, read next)
+                    const uint8_t* pf = wj + (size_t)LW__ZF_PF * w_row;
+                    for (int t = 0; t < (nj - j0 >= 4 && nr >= 4 ? 4 : 1); t++)
+                        for (size_t o = 0; o <= w_row; o += 64) _mm_prefetch((const char*)(pf + (size_t)t * w_row + o), _MM_HINT_T0);
+                }
                 if (nj - j0 >= 4 && nr >= 4) {   // (fewer rows: one W row at a time, one stream; see above)
                     switch (mr) {
                     case 6: lw__z_fmicro(wj, w_row, xr, x_row, k, k0, k1, b, yr + j0, ys, accumulate, wt, 4, 6); break;
@@ -4561,17 +4618,161 @@ LW__T512 static LW__INL void lw__z_ftile(const uint8_t* w, size_t w_row, const u
     }
 }
 
+// The float tile for many rows (a batched decode step, a prefill): GEBP order, so that each W row is
+// read from memory once for all the rows of the call. Rows in chunks of at most LW__ZG_RC; per chunk, k
+// in blocks of kc elements (the chunk's x rows over a block, at most LW__ZG_XB bytes, stay in L1); per
+// k-block, W in micro-panels of 4 rows, each converted once to floats (P, zero past k and in missing
+// rows) and then taken by every row group of the chunk: micro-tiles of 4 W rows x up to 6 x rows. W rows
+// a few micro-panels ahead are prefetched. The partial sums wait in buf between k-blocks. The numbers
+// are lw__z_fmicro's: the same lanes, the same fused multiply-adds in the same order, the same tree.
+enum {
+    LW__ZG_MIN = 7,      // nr from which the float tiles take this path (one row group: lw__z_ftile)
+    LW__ZG_RC  = 16,     // rows per chunk
+    LW__ZG_CB  = 32,     // W rows per column block (buf: CB x RC pairs of 16 partial sums, 32 KiB)
+    LW__ZG_XB  = 24576,  // bytes of x per k-block
+    LW__ZG_KC  = 768,    // the longest k-block (P: 4 x 768 floats)
+    LW__ZG_PFD = 2       // micro-panels prefetched ahead
+};
+
+LW__T512 static LW__INL void lw__z_gmicro(const float* P, const uint8_t* x, size_t x_row, int k, int i0, int i1, float* b,
+                                         int first, int last, float* y, size_t ys, int accumulate, int mj, const int MR) {
+    __m512 acc[4][6];
+    LW__UNROLL for (int j = 0; j < 4; j++)
+        LW__UNROLL for (int r = 0; r < MR; r++)
+            acc[j][r] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(b + ((size_t)j * LW__ZG_RC + r) * 16);
+    int kf = LW__MIN(i1, k & ~15), i = i0;
+    const float* p = P;
+    for (; i < kf; i += 16, p += 16) {
+        __m512 wv[4];
+        LW__UNROLL for (int j = 0; j < 4; j++) wv[j] = _mm512_loadu_ps(p + (size_t)j * LW__ZG_KC);
+        LW__UNROLL for (int r = 0; r < MR; r++) {
+            __m512 xv = _mm512_loadu_ps((const float*)(x + (size_t)r * x_row) + i);
+            LW__KEEP(xv);
+            LW__UNROLL for (int j = 0; j < 4; j++) acc[j][r] = _mm512_fmadd_ps(wv[j], xv, acc[j][r]);
+        }
+    }
+    if (i < i1) {   // the partial last chunk: P holds zeros past k, x is read with them
+        __mmask16 m = (__mmask16)((1u << (k & 15)) - 1);
+        __m512 wv[4];
+        LW__UNROLL for (int j = 0; j < 4; j++) wv[j] = _mm512_loadu_ps(p + (size_t)j * LW__ZG_KC);
+        LW__UNROLL for (int r = 0; r < MR; r++) {
+            __m512 xv = _mm512_maskz_loadu_ps(m, (const float*)(x + (size_t)r * x_row) + i);
+            LW__UNROLL for (int j = 0; j < 4; j++) acc[j][r] = _mm512_fmadd_ps(wv[j], xv, acc[j][r]);
+        }
+    }
+    if (!last) {
+        LW__UNROLL for (int j = 0; j < 4; j++)
+            LW__UNROLL for (int r = 0; r < MR; r++) _mm512_storeu_ps(b + ((size_t)j * LW__ZG_RC + r) * 16, acc[j][r]);
+        return;
+    }
+    // 4 rows at a time: v[4j + r] = pair (j, r), so the result's chunk r holds row r's 4 sums
+    const __mmask8 m = (__mmask8)((1u << mj) - 1);
+    LW__UNROLL for (int r0 = 0; r0 < MR; r0 += 4) {
+        __m512 v[16];
+        LW__UNROLL for (int j = 0; j < 4; j++)
+            LW__UNROLL for (int r = 0; r < 4; r++) v[4 * j + r] = acc[j][r0 + r < MR ? r0 + r : r0];
+        __m512 s = lw__z_hsum16(v);
+        LW__UNROLL for (int r = 0; r < 4; r++) {
+            if (r0 + r >= MR) break;
+            float* o = y + (size_t)(r0 + r) * ys;
+            __m128 q = _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_add_epi32(_mm512_set1_epi32(4 * r), _mm512_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3)), s));
+            if (accumulate) q = _mm_add_ps(_mm_maskz_loadu_ps(m, o), q);
+            _mm_mask_storeu_ps(o, m, q);
+        }
+    }
+}
+
+// W rows [0, mj) (mj <= 4), elements [i0, i1) -> P as floats (zeros past k and for rows mj..3).
+LW__T512 static LW__INL void lw__z_gpack(const uint8_t* w, size_t w_row, int k, int i0, int i1, int mj, float* P, const int wt) {
+    const size_t es = wt == 0 ? 4 : 2;
+    int kf = LW__MIN(i1, k & ~15);
+    for (int j = 0; j < 4; j++) {
+        float* p = P + (size_t)j * LW__ZG_KC;
+        if (j >= mj) {
+            for (int i = i0; i < i1; i += 16, p += 16) _mm512_storeu_ps(p, _mm512_setzero_ps());
+            continue;
+        }
+        const uint8_t* wr = w + (size_t)j * w_row;
+        int i = i0;
+        for (; i + 64 <= kf; i += 64, p += 64) {
+            __m512 a = lw__z_ldw(wr + (size_t)i * es, wt), b = lw__z_ldw(wr + (size_t)(i + 16) * es, wt);
+            __m512 c = lw__z_ldw(wr + (size_t)(i + 32) * es, wt), d = lw__z_ldw(wr + (size_t)(i + 48) * es, wt);
+            _mm512_storeu_ps(p, a);
+            _mm512_storeu_ps(p + 16, b);
+            _mm512_storeu_ps(p + 32, c);
+            _mm512_storeu_ps(p + 48, d);
+        }
+        for (; i < kf; i += 16, p += 16) _mm512_storeu_ps(p, lw__z_ldw(wr + (size_t)i * es, wt));
+        if (i < i1) _mm512_storeu_ps(p, lw__z_ldw_tail(wr + (size_t)i * es, wt, (__mmask16)((1u << (k & 15)) - 1)));
+    }
+}
+
+LW__T512 static LW__INL void lw__z_gtile(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
+                                        float* y, size_t ys, int accumulate, const int wt) {
+    const size_t es = wt == 0 ? 4 : 2;
+    const int k16 = (k + 15) & ~15;
+    float buf[LW__ZG_CB * LW__ZG_RC * 16];
+    float P[4 * LW__ZG_KC];
+    int nch = (nr + LW__ZG_RC - 1) / LW__ZG_RC;
+    for (int c = 0, r0 = 0; c < nch; c++) {
+        int rc = (nr - r0) / (nch - c);   // chunks of even size
+        int kc = LW__MIN(LW__ZG_KC, (LW__ZG_XB / (rc * 4)) & ~15);
+        int nkb = (k16 + kc - 1) / kc;
+        kc = ((k16 + nkb - 1) / nkb + 15) & ~15;   // blocks of even size
+        const uint8_t* xc = x + (size_t)r0 * x_row;
+        for (int j0 = 0; j0 < nj; j0 += LW__ZG_CB) {
+            int mjb = LW__MIN(LW__ZG_CB, nj - j0);
+            for (int k0 = 0; k0 < k16; k0 += kc) {
+                int k1 = LW__MIN(k16, k0 + kc), first = k0 == 0, last = k1 == k16;
+                for (int jp = 0; jp < mjb; jp += 4) {
+                    const uint8_t* wp = w + (size_t)(j0 + jp) * w_row;
+                    if (c == 0) {   // the same piece of the rows PFD micro-panels on (past this column block: its next one's)
+                        const uint8_t* pf = wp + (size_t)(4 * LW__ZG_PFD) * w_row + (size_t)k0 * es;
+                        size_t len = (size_t)(LW__MIN(k1, k) - k0) * es;
+                        for (int t = 0; t < 4; t++)
+                            for (size_t o = 0; o <= len; o += 64) _mm_prefetch((const char*)(pf + (size_t)t * w_row + o), _MM_HINT_T0);
+                    }
+                    int mj = LW__MIN(4, mjb - jp);
+                    lw__z_gpack(wp, w_row, k, k0, k1, mj, P, wt);
+                    float* yp = y + (size_t)r0 * ys + j0 + jp;
+                    float* bp = buf + (size_t)jp * LW__ZG_RC * 16;
+                    for (int r = 0; r < rc;) {
+                        int mr = LW__MIN(6, rc - r);
+                        if (rc - r == 7 || rc - r == 8) mr = 4;   // 4 + 3 or 4 rather than 6 + 1 or 2
+                        const uint8_t* xr = xc + (size_t)r * x_row;
+                        float* yr = yp + (size_t)r * ys;
+                        float* br = bp + (size_t)r * 16;
+                        switch (mr) {
+                        case 6: lw__z_gmicro(P, xr, x_row, k, k0, k1, br, first, last, yr, ys, accumulate, mj, 6); break;
+                        case 5: lw__z_gmicro(P, xr, x_row, k, k0, k1, br, first, last, yr, ys, accumulate, mj, 5); break;
+                        case 4: lw__z_gmicro(P, xr, x_row, k, k0, k1, br, first, last, yr, ys, accumulate, mj, 4); break;
+                        case 3: lw__z_gmicro(P, xr, x_row, k, k0, k1, br, first, last, yr, ys, accumulate, mj, 3); break;
+                        case 2: lw__z_gmicro(P, xr, x_row, k, k0, k1, br, first, last, yr, ys, accumulate, mj, 2); break;
+                        default: lw__z_gmicro(P, xr, x_row, k, k0, k1, br, first, last, yr, ys, accumulate, mj, 1); break;
+                        }
+                        r += mr;
+                    }
+                }
+            }
+        }
+        r0 += rc;
+    }
+}
+
 LW__T512 static void lw__z_tile_f32(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
                                     float* y, size_t ys, int accumulate) {
-    lw__z_ftile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 0);
+    if (nr >= LW__ZG_MIN) lw__z_gtile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 0);
+    else lw__z_ftile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 0);
 }
 LW__T512 static void lw__z_tile_f16(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
                                     float* y, size_t ys, int accumulate) {
-    lw__z_ftile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 1);
+    if (nr >= LW__ZG_MIN) lw__z_gtile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 1);
+    else lw__z_ftile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 1);
 }
 LW__T512 static void lw__z_tile_bf16(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
                                      float* y, size_t ys, int accumulate) {
-    lw__z_ftile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 2);
+    if (nr >= LW__ZG_MIN) lw__z_gtile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 2);
+    else lw__z_ftile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 2);
 }
 
 // ==================================================================================================
@@ -4701,14 +4902,15 @@ LW__T256 static void lw__y_tile_bf16(const uint8_t* w, size_t w_row, const uint8
 // which depends on the activations only (computed once per call and shared by every W row).
 // ==================================================================================================
 
-enum { LW__VNG = LW__X_TILE_ROWS / 16 };   // lane groups of 16 rows in one pass of the rows path
+enum { LW__VNG = LW__X_TILE_ROWS / 16,   // lane groups of 16 rows in one pass of the rows path
+       LW__VPF = 4 };                      // W rows prefetched ahead (rows and cols paths)
 
 // Activation rows [0, nr) (rows past nr repeat row nr-1; their lanes are never stored), blocks
 // [b0, b0 + kb), repacked for the rows path: X[(g*QKB + bi)*8 + q] holds, in lane l, bytes 4q..4q+3 of
 // row 16g+l's block; XC[g*QKB + bi] lane l = -c * the block's sum; DX its scale. The 16 x 8
 // transposition of 32-bit groups: Z_i = [row a | row a+4] for a = 0,1,2,3,8,9,10,11, interleaved by 32
 // then 64 bits, then 128-bit chunks picked so that the lanes come out in row order.
-LW__TVNNI static void lw__v_repack(const uint8_t* x, size_t x_row, int nr, int b0, int kb, int q4, __m512i* X, __m512i* XC,
+LW__TVNNI static void lw__v_repack(const uint8_t* x, size_t x_row, int nr, int b0, int kb, int kbs, int q4, __m512i* X, __m512i* XC,
                                    __m512* DX) {
     static const int a[8] = { 0, 1, 2, 3, 8, 9, 10, 11 };
     const __m512i ones = _mm512_set1_epi8(1);
@@ -4724,7 +4926,7 @@ LW__TVNNI static void lw__v_repack(const uint8_t* x, size_t x_row, int nr, int b
         for (int bi = 0; bi < kb; bi++) {
             size_t off = (size_t)(b0 + bi) * 34;
             __m512i dd = _mm512_i32gather_epi32(vidx, (const void*)(rp[0] + off), 1);
-            DX[g * LW__QKB + bi] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd));
+            DX[g * kbs + bi] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd));
             __m512i Z[8], T[8], U[8];
             for (int i = 0; i < 8; i++)
                 Z[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(rp[a[i]] + off + 2))),
@@ -4739,7 +4941,7 @@ LW__TVNNI static void lw__v_repack(const uint8_t* x, size_t x_row, int nr, int b
                 U[4 * h + 2] = _mm512_unpacklo_epi64(T[4 * h + 1], T[4 * h + 3]);
                 U[4 * h + 3] = _mm512_unpackhi_epi64(T[4 * h + 1], T[4 * h + 3]);
             }
-            __m512i* G = X + (size_t)(g * LW__QKB + bi) * 8;
+            __m512i* G = X + (size_t)(g * kbs + bi) * 8;
             __m512i sum = _mm512_setzero_si512();
             for (int p = 0; p < 4; p++) {
                 G[p] = _mm512_shuffle_i32x4(U[p], U[4 + p], 0x88);
@@ -4747,7 +4949,7 @@ LW__TVNNI static void lw__v_repack(const uint8_t* x, size_t x_row, int nr, int b
                 sum = _mm512_dpbusd_epi32(sum, ones, G[p]);
                 sum = _mm512_dpbusd_epi32(sum, ones, G[4 + p]);
             }
-            XC[g * LW__QKB + bi] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sum, q4 ? 3 : 7));
+            XC[g * kbs + bi] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sum, q4 ? 3 : 7));
         }
     }
 }
@@ -4755,7 +4957,7 @@ LW__TVNNI static void lw__v_repack(const uint8_t* x, size_t x_row, int nr, int b
 // One W row against NG lane groups of repacked rows over kb blocks: wu[bi] the block's 32 weights as
 // unsigned bytes, dw[bi] its scale. The sums start at zero (first chunk) or come from accb, and go
 // back to accb (the last chunk's are the results, written out by lw__v_rows_out).
-LW__TVNNI static LW__INL void lw__v_rows_j(const uint8_t (*wu)[32], const float* dw, int kb, const __m512i* X, const __m512i* XC,
+LW__TVNNI static LW__INL void lw__v_rows_j(const uint8_t (*wu)[32], const float* dw, int kb, int kbs, const __m512i* X, const __m512i* XC,
                                           const __m512* DX, __m512* accb, int first, const int NG) {
     __m512 acc[LW__VNG];
     LW__UNROLL for (int g = 0; g < NG; g++) acc[g] = first ? _mm512_setzero_ps() : accb[g];
@@ -4764,8 +4966,8 @@ LW__TVNNI static LW__INL void lw__v_rows_j(const uint8_t (*wu)[32], const float*
         LW__UNROLL for (int q = 0; q < 8; q++) wb[q] = _mm512_set1_epi32((int)lw__ld32(wu[bi] + 4 * q));
         __m512 d = _mm512_set1_ps(dw[bi]);
         LW__UNROLL for (int g = 0; g < NG; g++) {
-            const __m512i* xg = X + (size_t)(g * LW__QKB + bi) * 8;
-            __m512i s0 = XC[g * LW__QKB + bi], s1 = _mm512_setzero_si512();
+            const __m512i* xg = X + (size_t)(g * kbs + bi) * 8;
+            __m512i s0 = XC[g * kbs + bi], s1 = _mm512_setzero_si512();
             s0 = _mm512_dpbusd_epi32(s0, wb[0], xg[0]);
             s1 = _mm512_dpbusd_epi32(s1, wb[1], xg[1]);
             s0 = _mm512_dpbusd_epi32(s0, wb[2], xg[2]);
@@ -4775,7 +4977,7 @@ LW__TVNNI static LW__INL void lw__v_rows_j(const uint8_t (*wu)[32], const float*
             s0 = _mm512_dpbusd_epi32(s0, wb[6], xg[6]);
             s1 = _mm512_dpbusd_epi32(s1, wb[7], xg[7]);
             __m512 f = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
-            acc[g] = _mm512_fmadd_ps(f, _mm512_mul_ps(d, DX[g * LW__QKB + bi]), acc[g]);
+            acc[g] = _mm512_fmadd_ps(f, _mm512_mul_ps(d, DX[g * kbs + bi]), acc[g]);
         }
     }
     LW__UNROLL for (int g = 0; g < NG; g++) accb[g] = acc[g];
@@ -4826,30 +5028,41 @@ LW__T512 static void lw__v_rows_out(const __m512* acc, int mj, int mr, float* y,
         }
 }
 
-// The rows path: for each k-chunk of QKB blocks, repack the activations, then every W row of the tile
-// passes over them. At most LW__X_TILE_ROWS rows and LW__X_TILE_COLS W rows at a time (the buffers).
+// The rows path: for each k-chunk (LW__VXU / (lane groups) blocks: the repacked activations, 32 KiB,
+// stay in L1), repack the activations, then every W row of the tile passes over them, each row's piece
+// unpacked once (a whole row at the model's widths: one sequential stream) with rows LW__VPF on
+// prefetched. At most LW__X_TILE_ROWS rows and LW__X_TILE_COLS W rows at a time (the buffers).
+enum { LW__VXU = 64 };
 LW__TVNNI static LW__INL void lw__v_rows(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
                                         float* y, size_t ys, int accumulate, const int q4) {
-    __m512i X[LW__VNG * LW__QKB * 8], XC[LW__VNG * LW__QKB];
-    __m512 DX[LW__VNG * LW__QKB];
+    __m512i X[LW__VXU * 8], XC[LW__VXU];
+    __m512 DX[LW__VXU];
     __m512 ACC[LW__X_TILE_COLS * LW__VNG];
-    uint8_t wu[LW__QKB][32];
-    float dw[LW__QKB];
+    uint8_t wu[LW__VXU][32];
+    float dw[LW__VXU];
     const int nb = k / 32;
     const size_t bs = q4 ? 18 : 34;
+    const __m512i vidx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((int)bs));
     for (int r0 = 0; r0 < nr; r0 += LW__X_TILE_ROWS) {
-        int mr = LW__MIN(LW__X_TILE_ROWS, nr - r0), ng = (mr + 15) / 16;
+        int mr = LW__MIN(LW__X_TILE_ROWS, nr - r0), ng = (mr + 15) / 16, kbs = LW__VXU / ng;
         for (int j0 = 0; j0 < nj; j0 += LW__X_TILE_COLS) {
             int mj = LW__MIN(LW__X_TILE_COLS, nj - j0);
-            for (int b0 = 0; b0 < nb; b0 += LW__QKB) {
-                int kb = LW__MIN(LW__QKB, nb - b0), first = b0 == 0, last = b0 + kb >= nb;
-                lw__v_repack(x + (size_t)r0 * x_row, x_row, mr, b0, kb, q4, X, XC, DX);
+            for (int b0 = 0; b0 < nb; b0 += kbs) {
+                int kb = LW__MIN(kbs, nb - b0), first = b0 == 0, last = b0 + kb >= nb;
+                lw__v_repack(x + (size_t)r0 * x_row, x_row, mr, b0, kb, kbs, q4, X, XC, DX);
                 for (int j = 0; j < mj; j++) {
                     const uint8_t* wr = w + (size_t)(j0 + j) * w_row + (size_t)b0 * bs;
-                    uint16_t dh[LW__QKB];
+                    if (r0 == 0) {
+                        const uint8_t* pf = wr + (size_t)LW__VPF * w_row;
+                        for (size_t o = 0; o <= (size_t)kb * bs; o += 64) _mm_prefetch((const char*)(pf + o), _MM_HINT_T0);
+                    }
+                    for (int bi = 0; bi < kb; bi += 16) {   // the scales, 16 blocks at a time
+                        __mmask16 m = kb - bi >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (kb - bi)) - 1);
+                        __m512i dd = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, vidx, (const void*)(wr + (size_t)bi * bs), 1);
+                        _mm512_storeu_ps(dw + bi, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd)));
+                    }
                     for (int bi = 0; bi < kb; bi++) {
                         const uint8_t* blk = wr + (size_t)bi * bs;
-                        dh[bi] = lw__ld16(blk);
                         __m256i v;
                         if (q4) {
                             __m128i q = _mm_loadu_si128((const __m128i*)(blk + 2)), m = _mm_set1_epi8(15);
@@ -4859,13 +5072,12 @@ LW__TVNNI static LW__INL void lw__v_rows(const uint8_t* w, size_t w_row, const u
                         }
                         _mm256_storeu_si256((__m256i*)wu[bi], v);
                     }
-                    _mm256_storeu_ps(dw, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)dh)));   // (lanes past kb unused)
                     __m512* accb = ACC + j * LW__VNG;
                     switch (ng) {
-                    case 1: lw__v_rows_j(wu, dw, kb, X, XC, DX, accb, first, 1); break;
-                    case 2: lw__v_rows_j(wu, dw, kb, X, XC, DX, accb, first, 2); break;
-                    case 3: lw__v_rows_j(wu, dw, kb, X, XC, DX, accb, first, 3); break;
-                    default: lw__v_rows_j(wu, dw, kb, X, XC, DX, accb, first, 4); break;
+                    case 1: lw__v_rows_j(wu, dw, kb, kbs, X, XC, DX, accb, first, 1); break;
+                    case 2: lw__v_rows_j(wu, dw, kb, kbs, X, XC, DX, accb, first, 2); break;
+                    case 3: lw__v_rows_j(wu, dw, kb, kbs, X, XC, DX, accb, first, 3); break;
+                    default: lw__v_rows_j(wu, dw, kb, kbs, X, XC, DX, accb, first, 4); break;
                     }
                 }
                 if (last) lw__v_rows_out(ACC, mj, mr, y + (size_t)r0 * ys + j0, ys, accumulate);
@@ -4898,7 +5110,7 @@ LW__TVNNI static LW__INL void lw__v_treduce(const __m512i* I, size_t stride, __m
     *sb1 = _mm512_shuffle_i32x4(C[0], C[1], 0xDD);   // the same of block b+1
 }
 
-enum { LW__VCP = 16 };
+enum { LW__VCP = 16 };   // block pairs per piece
 
 // One W row's block pair at q (two: the second block exists) against the activations X with their
 // corrections NC: the per-lane sums to *out, the two scales to *d0, *d1 (0 for a missing block).
@@ -4906,11 +5118,11 @@ LW__TVNNI static LW__INL void lw__v_pair(const uint8_t* q, int two, __m512i X, _
                                         const int q4) {
     const size_t bs = q4 ? 18 : 34;
     __m512i wu;
-    if (q4) {
-        __m128i qa = _mm_loadu_si128((const __m128i*)(q + 2));
-        __m128i qb = two ? _mm_loadu_si128((const __m128i*)(q + 20)) : _mm_setzero_si128();
-        __m256i v = _mm256_set_m128i(qb, qa);
-        wu = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1), _mm512_set1_epi8(15));
+    if (q4) {   // [qa qb qa qb] from broadcast loads (no shuffle), the upper half shifted: low nibbles, then high
+        __m512i a = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)(q + 2)));
+        __m512i b = two ? _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)(q + 20))) : _mm512_setzero_si512();
+        __m512i v = _mm512_mask_blend_epi64(0xCC, a, b);
+        wu = _mm512_and_si512(_mm512_mask_srli_epi32(v, 0xFF00, v, 4), _mm512_set1_epi8(15));
     } else {
         __m256i wa = _mm256_loadu_si256((const __m256i*)(q + 2));
         __m256i wb = two ? _mm256_loadu_si256((const __m256i*)(q + 36)) : _mm256_setzero_si256();
@@ -4950,6 +5162,10 @@ LW__TVNNI static LW__INL void lw__v_cols(const uint8_t* w, size_t w_row, const u
                 // the W rows of the group, one after the other
                 for (int jj = 0; jj < 16; jj++) {
                     const uint8_t* wr = w + (size_t)(j0 + LW__MIN(jj, m - 1)) * w_row + (size_t)c0 * bs;
+                    if (r == 0) {   // the same piece LW__VPF rows on (past the tile: the next tile's, read next)
+                        const uint8_t* pf = w + (size_t)(j0 + jj + LW__VPF) * w_row + (size_t)c0 * bs;
+                        for (size_t o = 0; o <= (size_t)kb * bs; o += 64) _mm_prefetch((const char*)(pf + o), _MM_HINT_T0);
+                    }
                     if (kb == 2 * LW__VCP) {
                         LW__UNROLL for (int p = 0; p < LW__VCP; p++) lw__v_pair(wr + (size_t)(2 * p) * bs, 1, X[p], NC[p], &I[p * 16 + jj], DH[2 * p] + jj, DH[2 * p + 1] + jj, q4);
                     } else {
@@ -4978,15 +5194,182 @@ LW__TVNNI static LW__INL void lw__v_cols(const uint8_t* w, size_t w_row, const u
     }
 }
 
+// The rows path for 4..8 rows: one lane group of 8 rows in ymm (VPDPBUSD on 256 bits, two a cycle where
+// a CPU runs them on two ports), the activations repacked by the avx2 set's lw__y_repack (its -8 sum x
+// times 16 is Q8_0's correction); otherwise as lw__v_rows.
+LW__T256 static void lw__y_repack(const uint8_t* x, size_t x_row, int nr, int b0, int kb, int kbs, __m256i* X, __m256* DX, __m256i* XS);
+LW__TVNNI static LW__INL void lw__v_rows8(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
+                                         float* y, size_t ys, int accumulate, const int q4) {
+    __m256i X[LW__VXU * 8], XC[LW__VXU];
+    __m256 DX[LW__VXU];
+    __m256 ACC[LW__X_TILE_COLS];
+    uint8_t wu[LW__VXU][32];
+    float dw[LW__VXU];
+    const int nb = k / 32;
+    const size_t bs = q4 ? 18 : 34;
+    const __m512i vidx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((int)bs));
+    for (int j0 = 0; j0 < nj; j0 += LW__X_TILE_COLS) {
+        int mj = LW__MIN(LW__X_TILE_COLS, nj - j0);
+        for (int b0 = 0; b0 < nb; b0 += LW__VXU) {
+            int kb = LW__MIN(LW__VXU, nb - b0), first = b0 == 0, last = b0 + kb >= nb;
+            lw__y_repack(x, x_row, nr, b0, kb, LW__VXU, X, DX, XC);
+            if (!q4)
+                for (int bi = 0; bi < kb; bi++) XC[bi] = _mm256_slli_epi32(XC[bi], 4);   // -8 sum x -> -128 sum x
+            for (int j = 0; j < mj; j++) {
+                const uint8_t* wr = w + (size_t)(j0 + j) * w_row + (size_t)b0 * bs;
+                const uint8_t* pf = wr + (size_t)LW__VPF * w_row;
+                for (size_t o = 0; o <= (size_t)kb * bs; o += 64) _mm_prefetch((const char*)(pf + o), _MM_HINT_T0);
+                for (int bi = 0; bi < kb; bi += 16) {
+                    __mmask16 m = kb - bi >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (kb - bi)) - 1);
+                    __m512i dd = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, vidx, (const void*)(wr + (size_t)bi * bs), 1);
+                    _mm512_storeu_ps(dw + bi, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd)));
+                }
+                for (int bi = 0; bi < kb; bi++) {
+                    const uint8_t* blk = wr + (size_t)bi * bs;
+                    __m256i v;
+                    if (q4) {
+                        __m128i q = _mm_loadu_si128((const __m128i*)(blk + 2)), m = _mm_set1_epi8(15);
+                        v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m), _mm_and_si128(q, m));
+                    } else {
+                        v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(blk + 2)), _mm256_set1_epi8((char)0x80));
+                    }
+                    _mm256_storeu_si256((__m256i*)wu[bi], v);
+                }
+                __m256 acc = first ? _mm256_setzero_ps() : ACC[j];
+                for (int bi = 0; bi < kb; bi++) {
+                    const __m256i* xg = X + (size_t)bi * 8;
+                    __m256i s0 = XC[bi], s1 = _mm256_setzero_si256();
+                    LW__UNROLL for (int q = 0; q < 8; q += 2) {
+                        s0 = _mm256_dpbusd_epi32(s0, _mm256_set1_epi32((int)lw__ld32(wu[bi] + 4 * q)), xg[q]);
+                        s1 = _mm256_dpbusd_epi32(s1, _mm256_set1_epi32((int)lw__ld32(wu[bi] + 4 * q + 4)), xg[q + 1]);
+                    }
+                    __m256 f = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
+                    acc = _mm256_fmadd_ps(f, _mm256_mul_ps(_mm256_set1_ps(dw[bi]), DX[bi]), acc);
+                }
+                ACC[j] = acc;
+            }
+            if (last) {
+                float t[LW__X_TILE_COLS][8];
+                for (int j = 0; j < mj; j++) _mm256_storeu_ps(t[j], ACC[j]);
+                for (int l = 0; l < nr; l++) {
+                    float* o = y + (size_t)l * ys + j0;
+                    for (int j = 0; j < mj; j++) o[j] = accumulate ? o[j] + t[j][l] : t[j][l];
+                }
+            }
+        }
+    }
+}
+
+// The cols path of Q4_0, four blocks a step: a W row's 4 x 16 bytes of nibbles as one vector v, its low
+// nibbles (elements 0-15 of each block) against XL = [x_b[0:16] x_b+1[0:16] x_b+2[0:16] x_b+3[0:16]] and
+// its high nibbles (16-31) against XH likewise, both by VPDPBUSD into one vector on top of the
+// correction -8 sum x: lane 4c + i holds 8 products of block c. The 16 W rows' vectors of a quad reduce
+// (lw__v_qreduce, 44 instructions for 64 block sums) to one vector per block, lane = W row; then the
+// float chain as in lw__v_cols.
+LW__TVNNI static LW__INL void lw__v_qreduce(const __m512i* S, __m512i* out) {
+    __m512i A[8], B[4], T[4];
+    LW__UNROLL for (int a = 0; a < 8; a++)   // chunk c: [u0+u2, v0+v2, u1+u3, v1+v3] of rows 2a, 2a+1
+        A[a] = _mm512_add_epi32(_mm512_unpacklo_epi32(S[2 * a], S[2 * a + 1]), _mm512_unpackhi_epi32(S[2 * a], S[2 * a + 1]));
+    LW__UNROLL for (int b = 0; b < 4; b++)   // chunk c: block c of rows 4b..4b+3
+        B[b] = _mm512_add_epi32(_mm512_unpacklo_epi64(A[2 * b], A[2 * b + 1]), _mm512_unpackhi_epi64(A[2 * b], A[2 * b + 1]));
+    T[0] = _mm512_shuffle_i32x4(B[0], B[1], _MM_SHUFFLE(1, 0, 1, 0));
+    T[1] = _mm512_shuffle_i32x4(B[0], B[1], _MM_SHUFFLE(3, 2, 3, 2));
+    T[2] = _mm512_shuffle_i32x4(B[2], B[3], _MM_SHUFFLE(1, 0, 1, 0));
+    T[3] = _mm512_shuffle_i32x4(B[2], B[3], _MM_SHUFFLE(3, 2, 3, 2));
+    out[0] = _mm512_shuffle_i32x4(T[0], T[2], _MM_SHUFFLE(2, 0, 2, 0));
+    out[1] = _mm512_shuffle_i32x4(T[0], T[2], _MM_SHUFFLE(3, 1, 3, 1));
+    out[2] = _mm512_shuffle_i32x4(T[1], T[3], _MM_SHUFFLE(2, 0, 2, 0));
+    out[3] = _mm512_shuffle_i32x4(T[1], T[3], _MM_SHUFFLE(3, 1, 3, 1));
+}
+
+enum { LW__VQP = 8 };   // quads of blocks per piece of a W row (32 blocks)
+
+LW__TVNNI static LW__INL void lw__v_cols4(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
+                                         float* y, size_t ys, int accumulate) {
+    const int nb = k / 32;
+    const __m512i m4 = _mm512_set1_epi8(15), c8 = _mm512_set1_epi8(8);
+    __m512i XL[LW__VQP], XH[LW__VQP], NC[LW__VQP], S[16 * LW__VQP];
+    __m512 ACC[LW__X_TILE_COLS / 16];
+    float DXF[4 * LW__VQP];
+    uint16_t DH[4 * LW__VQP][16];
+    for (int r = 0; r < nr; r++) {
+        const uint8_t* xr = x + (size_t)r * x_row;
+        for (int c0 = 0; c0 < nb; c0 += 4 * LW__VQP) {
+            int kb = LW__MIN(4 * LW__VQP, nb - c0), nq = (kb + 3) / 4;
+            for (int q = 0; q < nq; q++) {
+                __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+                for (int c = 0; c < 4 && 4 * q + c < kb; c++) {
+                    const uint8_t* xb = xr + (size_t)(c0 + 4 * q + c) * 34 + 2;
+                    lo = _mm512_mask_broadcast_i32x4(lo, (__mmask16)(0xFu << (4 * c)), _mm_loadu_si128((const __m128i*)xb));
+                    hi = _mm512_mask_broadcast_i32x4(hi, (__mmask16)(0xFu << (4 * c)), _mm_loadu_si128((const __m128i*)(xb + 16)));
+                }
+                XL[q] = lo;
+                XH[q] = hi;
+                NC[q] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), c8, lo), c8, hi));
+            }
+            for (int b = 0; b < kb; b++) DXF[b] = _cvtsh_ss(lw__ld16(xr + (size_t)(c0 + b) * 34));
+            for (int j0 = 0; j0 < nj; j0 += 16) {
+                int m = LW__MIN(16, nj - j0);
+                for (int jj = 0; jj < 16; jj++) {
+                    const uint8_t* wr = w + (size_t)(j0 + LW__MIN(jj, m - 1)) * w_row + (size_t)c0 * 18;
+                    if (r == 0) {
+                        const uint8_t* pf = w + (size_t)(j0 + jj + LW__VPF) * w_row + (size_t)c0 * 18;
+                        for (size_t o = 0; o <= (size_t)kb * 18; o += 64) _mm_prefetch((const char*)(pf + o), _MM_HINT_T0);
+                    }
+                    for (int q = 0; q < nq; q++) {
+                        const uint8_t* qb = wr + (size_t)(4 * q) * 18;
+                        __m512i v;
+                        if (4 * q + 4 <= kb) {
+                            v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i*)(qb + 2)));
+                            v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i*)(qb + 20)), 1);
+                            v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i*)(qb + 38)), 2);
+                            v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i*)(qb + 56)), 3);
+                            DH[4 * q][jj] = lw__ld16(qb);
+                            DH[4 * q + 1][jj] = lw__ld16(qb + 18);
+                            DH[4 * q + 2][jj] = lw__ld16(qb + 36);
+                            DH[4 * q + 3][jj] = lw__ld16(qb + 54);
+                        } else {
+                            v = _mm512_setzero_si512();
+                            for (int c = 0; 4 * q + c < kb; c++) {
+                                v = _mm512_mask_broadcast_i32x4(v, (__mmask16)(0xFu << (4 * c)), _mm_loadu_si128((const __m128i*)(qb + 18 * c + 2)));
+                                DH[4 * q + c][jj] = lw__ld16(qb + 18 * c);
+                            }
+                        }
+                        __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                        S[q * 16 + jj] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(NC[q], lo, XL[q]), hi, XH[q]);
+                    }
+                }
+                __m512 acc = c0 == 0 ? _mm512_setzero_ps() : ACC[j0 / 16];
+                for (int q = 0; q < nq; q++) {
+                    __m512i sb[4];
+                    lw__v_qreduce(S + q * 16, sb);
+                    for (int c = 0; c < 4 && 4 * q + c < kb; c++) {
+                        int b = 4 * q + c;
+                        __m512 sc = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)DH[b])), _mm512_set1_ps(DXF[b]));
+                        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sb[c]), sc, acc);
+                    }
+                }
+                if (c0 + 4 * LW__VQP < nb) { ACC[j0 / 16] = acc; continue; }
+                float* o = y + (size_t)r * ys + j0;
+                __mmask16 mk = (__mmask16)((1u << m) - 1);
+                if (accumulate) acc = _mm512_add_ps(_mm512_maskz_loadu_ps(mk, o), acc);
+                _mm512_mask_storeu_ps(o, mk, acc);
+            }
+        }
+    }
+}
+
 LW__TVNNI static void lw__v_tile_q8_0(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
                                       float* y, size_t ys, int accumulate) {
-    if (nr >= LW__QROWS_MIN) lw__v_rows(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 0);
+    if (nr > 8) lw__v_rows(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 0);
+    else if (nr >= LW__QROWS_MIN) lw__v_rows8(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 0);
     else lw__v_cols(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 0);
 }
 LW__TVNNI static void lw__v_tile_q4_0(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
                                       float* y, size_t ys, int accumulate) {
-    if (nr >= LW__QROWS_MIN) lw__v_rows(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 1);
-    else lw__v_cols(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 1);
+    if (nr > 8) lw__v_rows(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 1);
+    else if (nr >= LW__QROWS_MIN) lw__v_rows8(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 1);
+    else lw__v_cols4(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate);
 }
 
 // ==================================================================================================
@@ -5015,7 +5398,7 @@ LW__T256 static LW__INL __m256 lw__y_half_lanes(__m256i g) {
 
 // Rows [0, nr) (past nr: row nr-1 again), blocks [b0, b0 + kb): X[(g*QKB + bi)*8 + q] lane l = bytes
 // 4q..4q+3 of row 8g+l's block (as they are), DX its scale, XS = -8 * the block's sum (Q4_0).
-LW__T256 static void lw__y_repack(const uint8_t* x, size_t x_row, int nr, int b0, int kb, __m256i* X, __m256* DX, __m256i* XS) {
+LW__T256 static void lw__y_repack(const uint8_t* x, size_t x_row, int nr, int b0, int kb, int kbs, __m256i* X, __m256* DX, __m256i* XS) {
     for (int g = 0; g * 8 < nr; g++) {
         const uint8_t* rp[8];
         for (int l = 0; l < 8; l++) rp[l] = x + (size_t)LW__MIN(g * 8 + l, nr - 1) * x_row;
@@ -5029,8 +5412,8 @@ LW__T256 static void lw__y_repack(const uint8_t* x, size_t x_row, int nr, int b0
                 d[i] = _cvtsh_ss(lw__ld16(rp[i] + off));
                 s[i] = -8 * lw__y_sum_s8(Z[i]);
             }
-            DX[g * LW__QKB + bi] = _mm256_loadu_ps(d);
-            XS[g * LW__QKB + bi] = _mm256_loadu_si256((const __m256i*)s);
+            DX[g * kbs + bi] = _mm256_loadu_ps(d);
+            XS[g * kbs + bi] = _mm256_loadu_si256((const __m256i*)s);
             for (int h = 0; h < 2; h++) {
                 T[4 * h + 0] = _mm256_unpacklo_epi32(Z[4 * h + 0], Z[4 * h + 1]);
                 T[4 * h + 1] = _mm256_unpackhi_epi32(Z[4 * h + 0], Z[4 * h + 1]);
@@ -5041,7 +5424,7 @@ LW__T256 static void lw__y_repack(const uint8_t* x, size_t x_row, int nr, int b0
                 U[4 * h + 2] = _mm256_unpacklo_epi64(T[4 * h + 1], T[4 * h + 3]);
                 U[4 * h + 3] = _mm256_unpackhi_epi64(T[4 * h + 1], T[4 * h + 3]);
             }
-            __m256i* G = X + (size_t)(g * LW__QKB + bi) * 8;
+            __m256i* G = X + (size_t)(g * kbs + bi) * 8;
             for (int p = 0; p < 4; p++) {
                 G[p] = _mm256_permute2x128_si256(U[p], U[4 + p], 0x20);
                 G[4 + p] = _mm256_permute2x128_si256(U[p], U[4 + p], 0x31);
@@ -5112,7 +5495,7 @@ LW__T256 static LW__INL void lw__y_rows(const uint8_t* w, size_t w_row, const ui
             int mj = LW__MIN(LW__X_TILE_COLS, nj - j0);
             for (int b0 = 0; b0 < nb; b0 += LW__QKB) {
                 int kb = LW__MIN(LW__QKB, nb - b0), first = b0 == 0, last = b0 + kb >= nb;
-                lw__y_repack(x + (size_t)r0 * x_row, x_row, mr, b0, kb, X, DX, XS);
+                lw__y_repack(x + (size_t)r0 * x_row, x_row, mr, b0, kb, LW__QKB, X, DX, XS);
                 for (int j = 0; j < mj; j++) {
                     const uint8_t* wr = w + (size_t)(j0 + j) * w_row + (size_t)b0 * bs;
                     for (int bi = 0; bi < kb; bi++) {
@@ -5794,6 +6177,9 @@ typedef struct lw__cpu_job {
     int32_t*           row_in_seq;   // [n] index of each row within its sequence's rows
     int32_t*           logit_rows;   // [n_logits] rows wanting logits, in batch order
     int                n_logits;
+    float*             pxb;      // [nth][LW__PRIV_ROWS][n_embd]   per-thread normed rows (few rows: lw__cpu_norm_rows)
+    uint8_t*           pxq[2];   // [nth][LW__PRIV_ROWS][n_embd]   the same as Q8_0, and as Q8_K
+    uint8_t*           xqd[2];   // [n][n_ff]      Wdown's input as Q8_0, and as Q8_K (quantised while Wgate/Wup may read xq)
 } lw__cpu_job;
 
 // Scores of nh query heads (x rows of hd floats, contiguous) against m K entries kv_row bytes apart,
@@ -5911,6 +6297,41 @@ static void lw__cpu_attend(const lw__cpu_job* J, int layer, int r, int kv0, int 
     }
 }
 
+// The Q8 block size of the copy W's product reads (0: F32 input).
+static int lw__q8_block(const lw__tensor* W) {
+    int wants = lw__wants_q8(W);
+    return wants == LW__WANTS_Q8_0 ? 32 : wants == LW__WANTS_Q8_K ? 256 : 0;
+}
+// Columns [c0, c0 + nc) of row r of x [.][k] quantised into the copies `wants` names; c0 and nc (or
+// c0 + nc == k) on the copy's block boundaries, so the bytes are those of lw__quantize_row.
+static void lw__quantize_cols(const lw__cpu_kernels* K, const float* x, int k, uint8_t* const* xq, int r, int wants, int c0, int nc) {
+    const float* xr = x + (size_t)r * k + c0;
+    if (wants & LW__WANTS_Q8_0)
+        K->quantize_q8_0(xr, xq[0] + (size_t)r * lw_type_row_size(LW_TYPE_Q8_0, k) + (size_t)(c0 / 32) * lw_type_row_size(LW_TYPE_Q8_0, 32), nc);
+    if (wants & LW__WANTS_Q8_K)
+        K->quantize_q8_K(xr, xq[1] + (size_t)r * lw_type_row_size(LW_TYPE_Q8_K, k) + (size_t)(c0 / 256) * lw_type_row_size(LW_TYPE_Q8_K, 256), nc);
+}
+
+// The normed rows a block's matrix products read: with few rows (LW__PRIV_ROWS or fewer) every thread
+// computes all of them into its own copy, which saves the barrier a split of the rows would need (the
+// values are the same whichever thread computes them); else the rows are split and met at a barrier.
+enum { LW__PRIV_ROWS = 4 };
+static void lw__cpu_norm_rows(lw__cpu_job* J, int ith, int nth, int n, const int32_t* src_rows, const float* norm, int wants,
+                              float** xb, uint8_t** xq) {
+    const lw__config* c = &J->f->w->cfg;
+    int d = c->n_embd;
+    bool priv = n <= LW__PRIV_ROWS && nth > 1;
+    xb[0] = priv ? J->pxb + (size_t)ith * LW__PRIV_ROWS * d : J->xb;
+    xq[0] = priv ? J->pxq[0] + (size_t)ith * LW__PRIV_ROWS * lw_type_row_size(LW_TYPE_Q8_0, (d + 31) / 32 * 32) : J->xq[0];
+    xq[1] = priv ? J->pxq[1] + (size_t)ith * LW__PRIV_ROWS * lw_type_row_size(LW_TYPE_Q8_K, (d + 255) / 256 * 256) : J->xq[1];
+    for (int r = priv ? 0 : ith; r < n; r += priv ? 1 : nth) {
+        int s = src_rows ? src_rows[r] : r;
+        lw__rmsnorm(xb[0] + (size_t)r * d, J->x + (size_t)s * d, norm, d, c->rms_eps);
+        lw__quantize_row(J->K, xb[0], d, xq, r, wants);
+    }
+    if (!priv) lw__barrier(J->pool);
+}
+
 static void lw__cpu_forward_thread(void* arg, int ith, int nth) {
     lw__cpu_job* J = (lw__cpu_job*)arg;
     const lw__fwd* f = J->f;
@@ -5919,9 +6340,11 @@ static void lw__cpu_forward_thread(void* arg, int ith, int nth) {
     const lw__kv_layout* L = f->kv;
     const lw__type_traits* kt = &lw__types[L->kv_type];
     int n = f->n_rows, d = c->n_embd, hd = c->head_dim;
-    int q_dim = c->n_head * hd, kv_dim = c->n_head_kv * hd, ff = c->n_ff;
-    size_t kv_row = (size_t)kv_dim * (size_t)kt->type_size;
+    int q_dim = c->n_head * hd, kv_dim = c->n_head_kv * hd, ff = c->n_ff, g = c->n_head / c->n_head_kv;
+    size_t elt = (size_t)kt->type_size, kv_row = (size_t)kv_dim * elt;
     int64_t a, b;
+    float* xb;
+    uint8_t* xq[2];
 
     // embeddings and RoPE tables, rows split
     const lw__type_traits* et = lw__traits((uint32_t)w->tok_embd.type);
@@ -5937,57 +6360,60 @@ static void lw__cpu_forward_thread(void* arg, int ith, int nth) {
         const lw__layer_weights* W = &w->layers[l];
 
         int qkv_q8 = lw__wants_q8(&W->wq) | lw__wants_q8(&W->wk) | lw__wants_q8(&W->wv);
-        for (int r = ith; r < n; r += nth) {
-            lw__rmsnorm(J->xb + (size_t)r * d, J->x + (size_t)r * d, (const float*)W->attn_norm.data, d, c->rms_eps);
-            lw__quantize_row(J->K, J->xb, d, J->xq, r, qkv_q8);
-        }
-        lw__barrier(J->pool);
+        lw__cpu_norm_rows(J, ith, nth, n, NULL, (const float*)W->attn_norm.data, qkv_q8, &xb, xq);
 
-        // Q, K and V as one range of output columns
-        lw__split((int64_t)q_dim + 2 * kv_dim, ith, nth, &a, &b);
+        // Q, K and V as one range of output columns, split at whole heads; then on the same thread and
+        // columns: biases, RoPE, the K/V entries in the cache's type, committed to the cache
+        lw__split((int64_t)c->n_head + 2 * c->n_head_kv, ith, nth, &a, &b);
+        a *= hd;
+        b *= hd;
         if (a < q_dim)
-            lw__matmul_part(J->K, &W->wq, lw__input(&W->wq, J->xb, J->xq), lw__input_row(&W->wq, d), J->q, q_dim, n, a,
-                            LW__MIN(b, q_dim), false);
+            lw__matmul_part(J->K, &W->wq, lw__input(&W->wq, xb, xq), lw__input_row(&W->wq, d), J->q, q_dim, n, a, LW__MIN(b, q_dim), false);
         if (b > q_dim && a < q_dim + kv_dim)
-            lw__matmul_part(J->K, &W->wk, lw__input(&W->wk, J->xb, J->xq), lw__input_row(&W->wk, d), J->k, kv_dim, n,
+            lw__matmul_part(J->K, &W->wk, lw__input(&W->wk, xb, xq), lw__input_row(&W->wk, d), J->k, kv_dim, n,
                             LW__MAX(a - q_dim, 0), LW__MIN(b - q_dim, kv_dim), false);
         if (b > q_dim + kv_dim)
-            lw__matmul_part(J->K, &W->wv, lw__input(&W->wv, J->xb, J->xq), lw__input_row(&W->wv, d), J->v, kv_dim, n,
+            lw__matmul_part(J->K, &W->wv, lw__input(&W->wv, xb, xq), lw__input_row(&W->wv, d), J->v, kv_dim, n,
                             LW__MAX(a - q_dim - kv_dim, 0), b - q_dim - kv_dim, false);
-        lw__barrier(J->pool);
-
-        for (int r = ith; r < n; r += nth) {
+        int q0 = (int)LW__MIN(a, q_dim), q1 = (int)LW__MIN(b, q_dim);                                        // Q columns
+        int k0 = (int)LW__MIN(LW__MAX(a - q_dim, 0), kv_dim), k1 = (int)LW__MIN(LW__MAX(b - q_dim, 0), kv_dim);   // K
+        int v0 = (int)LW__MIN(LW__MAX(a - q_dim - kv_dim, 0), kv_dim), v1 = (int)LW__MIN(LW__MAX(b - q_dim - kv_dim, 0), kv_dim);
+        for (int r = 0; r < n; r++) {
             float *q = J->q + (size_t)r * q_dim, *k = J->k + (size_t)r * kv_dim, *v = J->v + (size_t)r * kv_dim;
-            if (W->bq.data) for (int i = 0; i < q_dim; i++) q[i] += ((const float*)W->bq.data)[i];
-            if (W->bk.data) for (int i = 0; i < kv_dim; i++) k[i] += ((const float*)W->bk.data)[i];
-            if (W->bv.data) for (int i = 0; i < kv_dim; i++) v[i] += ((const float*)W->bv.data)[i];
+            if (W->bq.data) for (int i = q0; i < q1; i++) q[i] += ((const float*)W->bq.data)[i];
+            if (W->bk.data) for (int i = k0; i < k1; i++) k[i] += ((const float*)W->bk.data)[i];
+            if (W->bv.data) for (int i = v0; i < v1; i++) v[i] += ((const float*)W->bv.data)[i];
             const float* cs = J->rope + (size_t)r * c->rope_dim;
-            lw__rope(q, c->n_head, cs, c);
-            lw__rope(k, c->n_head_kv, cs, c);
+            lw__rope(q + q0, (q1 - q0) / hd, cs, c);
+            lw__rope(k + k0, (k1 - k0) / hd, cs, c);
             // the batch rows' K/V in the cache's type, so a row sees the same values here as from the cache
             uint8_t *kb = J->kb + (size_t)r * kv_row, *vb = J->vb + (size_t)r * kv_row;
-            kt->from_float(k, kb, kv_dim);
-            kt->from_float(v, vb, kv_dim);
+            if (k1 > k0) kt->from_float(k + k0, kb + (size_t)k0 * elt, k1 - k0);
+            if (v1 > v0) kt->from_float(v + v0, vb + (size_t)v0 * elt, v1 - v0);
             if (f->rows[r].commits) {
                 const lw__fwd_seq* s = &f->seqs[f->row_seq[r]];
-                memcpy(lw__kv_entry(L, f->kv_pool, s->pages, f->rows[r].position, l, 0), kb, kv_row);
-                memcpy(lw__kv_entry(L, f->kv_pool, s->pages, f->rows[r].position, l, 1), vb, kv_row);
+                if (k1 > k0) memcpy(lw__kv_entry(L, f->kv_pool, s->pages, f->rows[r].position, l, 0) + (size_t)k0 * elt, kb + (size_t)k0 * elt, (size_t)(k1 - k0) * elt);
+                if (v1 > v0) memcpy(lw__kv_entry(L, f->kv_pool, s->pages, f->rows[r].position, l, 1) + (size_t)v0 * elt, vb + (size_t)v0 * elt, (size_t)(v1 - v0) * elt);
             }
         }
         lw__barrier(J->pool);
 
         // a job per row (all its heads: each page read once), or, with few rows, per row and range of KV
-        // heads (about four jobs a thread, to balance them); the same numbers either way
+        // heads (about four jobs a thread, to balance them); the same numbers either way. Where a job's
+        // columns are whole Q8 blocks of Wo's input, the job quantises them too (no phase of its own).
         int kv_jobs = LW__MIN(c->n_head_kv, LW__MAX(1, (4 * nth + n - 1) / n));
+        int wo_q8 = lw__wants_q8(&W->wo), wo_blk = lw__q8_block(&W->wo), att_fused = wo_q8 && (g * hd) % wo_blk == 0;
         float* scores = J->scores + (size_t)ith * c->n_head * J->max_visible;
         for (int64_t i = ith; i < (int64_t)n * kv_jobs; i += nth) {
             int r = (int)(i / kv_jobs), part = (int)(i % kv_jobs);
-            lw__cpu_attend(J, l, r, c->n_head_kv * part / kv_jobs, c->n_head_kv * (part + 1) / kv_jobs, scores);
+            int h0 = c->n_head_kv * part / kv_jobs, h1 = c->n_head_kv * (part + 1) / kv_jobs;
+            lw__cpu_attend(J, l, r, h0, h1, scores);
+            if (att_fused) lw__quantize_cols(J->K, J->att, q_dim, J->xq, r, wo_q8, h0 * g * hd, (h1 - h0) * g * hd);
         }
         lw__barrier(J->pool);
 
-        if (lw__wants_q8(&W->wo)) {
-            for (int r = ith; r < n; r += nth) lw__quantize_row(J->K, J->att, q_dim, J->xq, r, lw__wants_q8(&W->wo));
+        if (wo_q8 && !att_fused) {
+            for (int r = ith; r < n; r += nth) lw__quantize_row(J->K, J->att, q_dim, J->xq, r, wo_q8);
             lw__barrier(J->pool);
         }
         lw__split(d, ith, nth, &a, &b);
@@ -5995,40 +6421,38 @@ static void lw__cpu_forward_thread(void* arg, int ith, int nth) {
         lw__barrier(J->pool);
 
         int ffn_q8 = lw__wants_q8(&W->w_gate) | lw__wants_q8(&W->w_up);
-        for (int r = ith; r < n; r += nth) {
-            lw__rmsnorm(J->xb + (size_t)r * d, J->x + (size_t)r * d, (const float*)W->ffn_norm.data, d, c->rms_eps);
-            lw__quantize_row(J->K, J->xb, d, J->xq, r, ffn_q8);
-        }
-        lw__barrier(J->pool);
+        lw__cpu_norm_rows(J, ith, nth, n, NULL, (const float*)W->ffn_norm.data, ffn_q8, &xb, xq);
 
-        // gate and up for the same columns on the same thread, then SwiGLU on those columns
-        lw__split(ff, ith, nth, &a, &b);
-        lw__matmul_part(J->K, &W->w_gate, lw__input(&W->w_gate, J->xb, J->xq), lw__input_row(&W->w_gate, d), J->hb, ff, n, a, b, false);
-        lw__matmul_part(J->K, &W->w_up, lw__input(&W->w_up, J->xb, J->xq), lw__input_row(&W->w_up, d), J->hb2, ff, n, a, b, false);
-        for (int r = 0; r < n; r++)
+        // gate and up for the same columns on the same thread, then SwiGLU on those columns, and where
+        // the columns are whole Q8 blocks of Wdown's input, their quantisation (no phase of its own)
+        int down_q8 = lw__wants_q8(&W->w_down), down_blk = lw__q8_block(&W->w_down), ffn_fused = down_q8 && ff % down_blk == 0;
+        lw__split(ffn_fused ? ff / down_blk : ff, ith, nth, &a, &b);
+        if (ffn_fused) { a *= down_blk; b *= down_blk; }
+        lw__matmul_part(J->K, &W->w_gate, lw__input(&W->w_gate, xb, xq), lw__input_row(&W->w_gate, d), J->hb, ff, n, a, b, false);
+        lw__matmul_part(J->K, &W->w_up, lw__input(&W->w_up, xb, xq), lw__input_row(&W->w_up, d), J->hb2, ff, n, a, b, false);
+        for (int r = 0; r < n; r++) {
             for (int64_t j = a; j < b; j++) {
                 size_t i = (size_t)r * ff + (size_t)j;
                 J->hb[i] = lw__silu(J->hb[i]) * J->hb2[i];
             }
+            if (ffn_fused && b > a) lw__quantize_cols(J->K, J->hb, ff, J->xqd, r, down_q8, (int)a, (int)(b - a));
+        }
         lw__barrier(J->pool);
 
-        if (lw__wants_q8(&W->w_down)) {
-            for (int r = ith; r < n; r += nth) lw__quantize_row(J->K, J->hb, ff, J->xq, r, lw__wants_q8(&W->w_down));
+        if (down_q8 && !ffn_fused) {
+            for (int r = ith; r < n; r += nth) lw__quantize_row(J->K, J->hb, ff, J->xqd, r, down_q8);
             lw__barrier(J->pool);
         }
         lw__split(d, ith, nth, &a, &b);
-        lw__matmul_part(J->K, &W->w_down, lw__input(&W->w_down, J->hb, J->xq), lw__input_row(&W->w_down, ff), J->x, d, n, a, b, true);
+        lw__matmul_part(J->K, &W->w_down, lw__input(&W->w_down, J->hb, J->xqd), lw__input_row(&W->w_down, ff), J->x, d, n, a, b, true);
         lw__barrier(J->pool);
     }
 
     if (J->n_logits == 0) return;
-    for (int i = ith; i < J->n_logits; i += nth) {   // compact the rows that want logits into xb
-        lw__rmsnorm(J->xb + (size_t)i * d, J->x + (size_t)J->logit_rows[i] * d, (const float*)w->output_norm.data, d, c->rms_eps);
-        lw__quantize_row(J->K, J->xb, d, J->xq, i, lw__wants_q8(&w->output));
-    }
-    lw__barrier(J->pool);
+    // the rows that want logits, compacted
+    lw__cpu_norm_rows(J, ith, nth, J->n_logits, J->logit_rows, (const float*)w->output_norm.data, lw__wants_q8(&w->output), &xb, xq);
     lw__split(c->n_vocab, ith, nth, &a, &b);
-    lw__matmul_part(J->K, &w->output, lw__input(&w->output, J->xb, J->xq), lw__input_row(&w->output, d), f->logits, c->n_vocab,
+    lw__matmul_part(J->K, &w->output, lw__input(&w->output, xb, xq), lw__input_row(&w->output, d), f->logits, c->n_vocab,
                     J->n_logits, a, b, false);
 }
 
@@ -6044,13 +6468,16 @@ static lw_result lw__cpu_forward(void* self, void* prepared, const lw__fwd* f) {
 
     // carve the scratch buffer; each piece 64-byte aligned
     int widest = LW__MAX(c->n_embd, LW__MAX(q_dim, c->n_ff));
-    enum { N_BUF = 15 };
+    enum { N_BUF = 20 };
     size_t sizes[N_BUF] = {
         (size_t)n * c->n_embd * 4, (size_t)n * c->n_embd * 4, (size_t)n * q_dim * 4, (size_t)n * kv_dim * 4,
         (size_t)n * kv_dim * 4, (size_t)n * kv_row, (size_t)n * kv_row, (size_t)n * q_dim * 4,
         (size_t)n * c->n_ff * 4, (size_t)n * (c->rope_dim + 1) * 4, (size_t)nth * c->n_head * max_visible * 4, (size_t)n * 8,
         (size_t)n * lw_type_row_size(LW_TYPE_Q8_0, (widest + 31) / 32 * 32), (size_t)n * c->n_ff * 4,
-        (size_t)n * lw_type_row_size(LW_TYPE_Q8_K, (widest + 255) / 256 * 256) };
+        (size_t)n * lw_type_row_size(LW_TYPE_Q8_K, (widest + 255) / 256 * 256),
+        (size_t)nth * LW__PRIV_ROWS * c->n_embd * 4, (size_t)nth * LW__PRIV_ROWS * lw_type_row_size(LW_TYPE_Q8_0, (c->n_embd + 31) / 32 * 32),
+        (size_t)nth * LW__PRIV_ROWS * lw_type_row_size(LW_TYPE_Q8_K, (c->n_embd + 255) / 256 * 256),
+        (size_t)n * lw_type_row_size(LW_TYPE_Q8_0, (c->n_ff + 31) / 32 * 32), (size_t)n * lw_type_row_size(LW_TYPE_Q8_K, (c->n_ff + 255) / 256 * 256) };
     size_t total = 0;
     for (int i = 0; i < N_BUF; i++) total += (sizes[i] + 63) & ~(size_t)63;
     if (total > cpu->scratch_size) {
@@ -6072,6 +6499,11 @@ static lw_result lw__cpu_forward(void* self, void* prepared, const lw__fwd* f) {
     J.xq[0] = ptrs[12];
     J.xq[1] = ptrs[14];
     J.hb2 = (float*)ptrs[13];
+    J.pxb = (float*)ptrs[15];
+    J.pxq[0] = ptrs[16];
+    J.pxq[1] = ptrs[17];
+    J.xqd[0] = ptrs[18];
+    J.xqd[1] = ptrs[19];
     J.K = &cpu->kernels;
     J.scores = (float*)ptrs[10];
     J.max_visible = max_visible;
