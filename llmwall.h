@@ -5086,12 +5086,10 @@ LW__TVNNI static LW__INL void lw__v_rows(const uint8_t* w, size_t w_row, const u
     }
 }
 
-// The cols path (few activation rows: decode). W rows are read one after the other, a piece of up to
-// 32 blocks at a time (one sequential stream per thread: interleaving several rows' streams costs
-// bandwidth): each block pair's integer dot is one VPDPBUSD into a vector of per-lane sums, kept for 16
-// W rows; then, per block pair, the 16 rows' vectors are reduced by a transposition into one vector
-// per block (lane = W row), and the float chain runs on those, block by block. The W scales are
-// staged with 2-byte stores as [block][row] and read back as vectors after the 16 rows.
+// The cols paths (1-3 activation rows: decode) take W rows 16 at a time: per block pair (Q8_0) or quad
+// (Q4_0) each row's integer dot goes into a vector of per-lane sums, the 16 rows' vectors are reduced
+// by a transposition into one vector per block (lane = W row), and the float chain runs on those, block
+// by block, with the 16 rows' scales gathered.
 //
 // lw__v_treduce: 16 vectors (W rows j..j+15, two blocks each: Q8_0 block b in 128-bit chunks 0,1 and
 // b+1 in 2,3; Q4_0: b in 0,2, b+1 in 1,3) -> one vector per block, lane = W row.
@@ -5108,90 +5106,6 @@ LW__TVNNI static LW__INL void lw__v_treduce(const __m512i* I, size_t stride, __m
                   : _mm512_add_epi32(_mm512_shuffle_i32x4(B[2 * c], B[2 * c + 1], 0x88), _mm512_shuffle_i32x4(B[2 * c], B[2 * c + 1], 0xDD));
     *sb = _mm512_shuffle_i32x4(C[0], C[1], 0x88);    // [rows 0-3, 4-7, 8-11, 12-15] of block b
     *sb1 = _mm512_shuffle_i32x4(C[0], C[1], 0xDD);   // the same of block b+1
-}
-
-enum { LW__VCP = 16 };   // block pairs per piece
-
-// One W row's block pair at q (two: the second block exists) against the activations X with their
-// corrections NC: the per-lane sums to *out, the two scales to *d0, *d1 (0 for a missing block).
-LW__TVNNI static LW__INL void lw__v_pair(const uint8_t* q, int two, __m512i X, __m512i NC, __m512i* out, uint16_t* d0, uint16_t* d1,
-                                        const int q4) {
-    const size_t bs = q4 ? 18 : 34;
-    __m512i wu;
-    if (q4) {   // [qa qb qa qb] from broadcast loads (no shuffle), the upper half shifted: low nibbles, then high
-        __m512i a = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)(q + 2)));
-        __m512i b = two ? _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)(q + 20))) : _mm512_setzero_si512();
-        __m512i v = _mm512_mask_blend_epi64(0xCC, a, b);
-        wu = _mm512_and_si512(_mm512_mask_srli_epi32(v, 0xFF00, v, 4), _mm512_set1_epi8(15));
-    } else {
-        __m256i wa = _mm256_loadu_si256((const __m256i*)(q + 2));
-        __m256i wb = two ? _mm256_loadu_si256((const __m256i*)(q + 36)) : _mm256_setzero_si256();
-        wu = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(wa), wb, 1), _mm512_set1_epi8((char)0x80));
-    }
-    *out = _mm512_dpbusd_epi32(NC, wu, X);
-    *d0 = lw__ld16(q);
-    *d1 = two ? lw__ld16(q + bs) : 0;
-}   // cols path: block pairs per piece of a W row (32 blocks, 1024 weights)
-
-LW__TVNNI static LW__INL void lw__v_cols(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
-                                        float* y, size_t ys, int accumulate, const int q4) {
-    const int nb = k / 32;
-    const size_t bs = q4 ? 18 : 34;
-    const __m512i cu = _mm512_set1_epi8(q4 ? 8 : (char)0x80);   // as unsigned: 8 or 128
-    __m512i X[LW__VCP], NC[LW__VCP], I[16 * LW__VCP];
-    __m512 ACC[LW__X_TILE_COLS / 16];
-    float DXF[2 * LW__VCP];
-    uint16_t DH[2 * LW__VCP][16];
-    for (int r = 0; r < nr; r++) {
-        const uint8_t* xr = x + (size_t)r * x_row;
-        for (int c0 = 0; c0 < nb; c0 += 2 * LW__VCP) {
-            int kb = LW__MIN(2 * LW__VCP, nb - c0), np = (kb + 1) / 2;
-            // the activations: pairs of blocks, their corrections -c * sum x, the scales
-            for (int p = 0; p < np; p++) {
-                int b = c0 + 2 * p, two = b + 1 < nb;
-                __m256i xa = _mm256_loadu_si256((const __m256i*)(xr + (size_t)b * 34 + 2));
-                __m256i xb = two ? _mm256_loadu_si256((const __m256i*)(xr + (size_t)(b + 1) * 34 + 2)) : _mm256_setzero_si256();
-                __m512i xv = _mm512_inserti64x4(_mm512_castsi256_si512(xa), xb, 1);
-                if (q4) xv = _mm512_shuffle_i32x4(xv, xv, _MM_SHUFFLE(3, 1, 2, 0));
-                X[p] = xv;
-                NC[p] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), cu, xv));
-            }
-            for (int b = 0; b < kb; b++) DXF[b] = _cvtsh_ss(lw__ld16(xr + (size_t)(c0 + b) * 34));
-            for (int j0 = 0; j0 < nj; j0 += 16) {
-                int m = LW__MIN(16, nj - j0);
-                // the W rows of the group, one after the other
-                for (int jj = 0; jj < 16; jj++) {
-                    const uint8_t* wr = w + (size_t)(j0 + LW__MIN(jj, m - 1)) * w_row + (size_t)c0 * bs;
-                    if (r == 0) {   // the same piece LW__VPF rows on (past the tile: the next tile's, read next)
-                        const uint8_t* pf = w + (size_t)(j0 + jj + LW__VPF) * w_row + (size_t)c0 * bs;
-                        for (size_t o = 0; o <= (size_t)kb * bs; o += 64) _mm_prefetch((const char*)(pf + o), _MM_HINT_T0);
-                    }
-                    if (kb == 2 * LW__VCP) {
-                        LW__UNROLL for (int p = 0; p < LW__VCP; p++) lw__v_pair(wr + (size_t)(2 * p) * bs, 1, X[p], NC[p], &I[p * 16 + jj], DH[2 * p] + jj, DH[2 * p + 1] + jj, q4);
-                    } else {
-                        for (int p = 0; p < np; p++) lw__v_pair(wr + (size_t)(2 * p) * bs, 2 * p + 1 < kb, X[p], NC[p], &I[p * 16 + jj], DH[2 * p] + jj, DH[2 * p + 1] + jj, q4);
-                    }
-                }
-                // per block pair: lanes = W rows, then the float chain, block by block
-                __m512 acc = c0 == 0 ? _mm512_setzero_ps() : ACC[j0 / 16];
-                for (int p = 0; p < np; p++) {
-                    __m512i sb, sb1;
-                    lw__v_treduce(I + p * 16, 1, &sb, &sb1, q4);
-                    __m512 s = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)DH[2 * p])), _mm512_set1_ps(DXF[2 * p]));
-                    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sb), s, acc);
-                    if (2 * p + 1 < kb) {
-                        s = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)DH[2 * p + 1])), _mm512_set1_ps(DXF[2 * p + 1]));
-                        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sb1), s, acc);
-                    }
-                }
-                if (c0 + 2 * LW__VCP < nb) { ACC[j0 / 16] = acc; continue; }
-                float* o = y + (size_t)r * ys + j0;
-                __mmask16 mk = (__mmask16)((1u << m) - 1);
-                if (accumulate) acc = _mm512_add_ps(_mm512_maskz_loadu_ps(mk, o), acc);
-                _mm512_mask_storeu_ps(o, mk, acc);
-            }
-        }
-    }
 }
 
 // The rows path for 4..8 rows: one lane group of 8 rows in ymm (VPDPBUSD on 256 bits, two a cycle where
@@ -5260,12 +5174,71 @@ LW__TVNNI static LW__INL void lw__v_rows8(const uint8_t* w, size_t w_row, const 
     }
 }
 
+// The cols path of Q8_0 with the 16 W rows' sums in registers: per block pair, the 16 rows' VPDPBUSD
+// vectors go straight into lw__v_treduce (no staging through memory) and the rows' scales come by two
+// gathers; W rows are read a block pair at a time (16 short streams), the next 16 rows prefetched as
+// far as these are read.
+LW__TVNNI static LW__INL void lw__v_cols8(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
+                                         float* y, size_t ys, int accumulate) {
+    const int nb = k / 32;
+    const __m512i cu = _mm512_set1_epi8((char)0x80), flip = _mm512_set1_epi8((char)0x80);
+    for (int r = 0; r < nr; r++) {
+        const uint8_t* xr = x + (size_t)r * x_row;
+        for (int j0 = 0; j0 < nj; j0 += 16) {
+            int m = LW__MIN(16, nj - j0);
+            const uint8_t* wr[16];
+            int32_t idx[16];
+            for (int jj = 0; jj < 16; jj++) {
+                wr[jj] = w + (size_t)(j0 + LW__MIN(jj, m - 1)) * w_row;
+                idx[jj] = (int32_t)((size_t)LW__MIN(jj, m - 1) * w_row);
+            }
+            const __m512i vidx = _mm512_loadu_si512(idx);
+            const uint8_t* pf = w + (size_t)(j0 + 16) * w_row;   // the next group's rows (past the tile: the next tile's)
+            __m512 acc = _mm512_setzero_ps();
+            for (int b = 0; b < nb; b += 2) {
+                int two = b + 1 < nb;
+                if (r == 0)   // as far into each of them as this step goes into these (the last step: to their ends)
+                    for (int jj = 0; jj < 16; jj++) {
+                        _mm_prefetch((const char*)(pf + (size_t)jj * w_row + (size_t)b * 34), _MM_HINT_T0);
+                        if (b + 2 >= nb) _mm_prefetch((const char*)(pf + (size_t)jj * w_row + w_row - 1), _MM_HINT_T0);
+                    }
+                __m256i xa = _mm256_loadu_si256((const __m256i*)(xr + (size_t)b * 34 + 2));
+                __m256i xb = two ? _mm256_loadu_si256((const __m256i*)(xr + (size_t)(b + 1) * 34 + 2)) : _mm256_setzero_si256();
+                __m512i X = _mm512_inserti64x4(_mm512_castsi256_si512(xa), xb, 1);
+                __m512i NC = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), cu, X));
+                __m512i S[16];
+                LW__UNROLL for (int jj = 0; jj < 16; jj++) {
+                    const uint8_t* q = wr[jj] + (size_t)b * 34;
+                    __m256i wa = _mm256_loadu_si256((const __m256i*)(q + 2));
+                    __m256i wb = two ? _mm256_loadu_si256((const __m256i*)(q + 36)) : _mm256_setzero_si256();
+                    __m512i wu = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(wa), wb, 1), flip);
+                    S[jj] = _mm512_dpbusd_epi32(NC, wu, X);
+                }
+                __m512i sb, sb1;
+                lw__v_treduce(S, 1, &sb, &sb1, 0);
+                __m512i dd = _mm512_i32gather_epi32(vidx, (const void*)(w + (size_t)j0 * w_row + (size_t)b * 34), 1);
+                __m512 sc = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd)), _mm512_set1_ps(_cvtsh_ss(lw__ld16(xr + (size_t)b * 34))));
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sb), sc, acc);
+                if (two) {
+                    dd = _mm512_i32gather_epi32(vidx, (const void*)(w + (size_t)j0 * w_row + (size_t)(b + 1) * 34), 1);
+                    sc = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd)), _mm512_set1_ps(_cvtsh_ss(lw__ld16(xr + (size_t)(b + 1) * 34))));
+                    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sb1), sc, acc);
+                }
+            }
+            float* o = y + (size_t)r * ys + j0;
+            __mmask16 mk = (__mmask16)((1u << m) - 1);
+            if (accumulate) acc = _mm512_add_ps(_mm512_maskz_loadu_ps(mk, o), acc);
+            _mm512_mask_storeu_ps(o, mk, acc);
+        }
+    }
+}
+
 // The cols path of Q4_0, four blocks a step: a W row's 4 x 16 bytes of nibbles as one vector v, its low
 // nibbles (elements 0-15 of each block) against XL = [x_b[0:16] x_b+1[0:16] x_b+2[0:16] x_b+3[0:16]] and
 // its high nibbles (16-31) against XH likewise, both by VPDPBUSD into one vector on top of the
 // correction -8 sum x: lane 4c + i holds 8 products of block c. The 16 W rows' vectors of a quad reduce
 // (lw__v_qreduce, 44 instructions for 64 block sums) to one vector per block, lane = W row; then the
-// float chain as in lw__v_cols.
+// float chain as in lw__v_cols8.
 LW__TVNNI static LW__INL void lw__v_qreduce(const __m512i* S, __m512i* out) {
     __m512i A[8], B[4], T[4];
     LW__UNROLL for (int a = 0; a < 8; a++)   // chunk c: [u0+u2, v0+v2, u1+u3, v1+v3] of rows 2a, 2a+1
@@ -5282,79 +5255,69 @@ LW__TVNNI static LW__INL void lw__v_qreduce(const __m512i* S, __m512i* out) {
     out[3] = _mm512_shuffle_i32x4(T[1], T[3], _MM_SHUFFLE(3, 1, 3, 1));
 }
 
-enum { LW__VQP = 8 };   // quads of blocks per piece of a W row (32 blocks)
-
 LW__TVNNI static LW__INL void lw__v_cols4(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
                                          float* y, size_t ys, int accumulate) {
     const int nb = k / 32;
     const __m512i m4 = _mm512_set1_epi8(15), c8 = _mm512_set1_epi8(8);
-    __m512i XL[LW__VQP], XH[LW__VQP], NC[LW__VQP], S[16 * LW__VQP];
-    __m512 ACC[LW__X_TILE_COLS / 16];
-    float DXF[4 * LW__VQP];
-    uint16_t DH[4 * LW__VQP][16];
     for (int r = 0; r < nr; r++) {
         const uint8_t* xr = x + (size_t)r * x_row;
-        for (int c0 = 0; c0 < nb; c0 += 4 * LW__VQP) {
-            int kb = LW__MIN(4 * LW__VQP, nb - c0), nq = (kb + 3) / 4;
-            for (int q = 0; q < nq; q++) {
-                __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
-                for (int c = 0; c < 4 && 4 * q + c < kb; c++) {
-                    const uint8_t* xb = xr + (size_t)(c0 + 4 * q + c) * 34 + 2;
-                    lo = _mm512_mask_broadcast_i32x4(lo, (__mmask16)(0xFu << (4 * c)), _mm_loadu_si128((const __m128i*)xb));
-                    hi = _mm512_mask_broadcast_i32x4(hi, (__mmask16)(0xFu << (4 * c)), _mm_loadu_si128((const __m128i*)(xb + 16)));
-                }
-                XL[q] = lo;
-                XH[q] = hi;
-                NC[q] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), c8, lo), c8, hi));
+        for (int j0 = 0; j0 < nj; j0 += 16) {
+            int m = LW__MIN(16, nj - j0);
+            const uint8_t* wr[16];
+            int32_t idx[16];
+            for (int jj = 0; jj < 16; jj++) {
+                wr[jj] = w + (size_t)(j0 + LW__MIN(jj, m - 1)) * w_row;
+                idx[jj] = (int32_t)((size_t)LW__MIN(jj, m - 1) * w_row);
             }
-            for (int b = 0; b < kb; b++) DXF[b] = _cvtsh_ss(lw__ld16(xr + (size_t)(c0 + b) * 34));
-            for (int j0 = 0; j0 < nj; j0 += 16) {
-                int m = LW__MIN(16, nj - j0);
-                for (int jj = 0; jj < 16; jj++) {
-                    const uint8_t* wr = w + (size_t)(j0 + LW__MIN(jj, m - 1)) * w_row + (size_t)c0 * 18;
-                    if (r == 0) {
-                        const uint8_t* pf = w + (size_t)(j0 + jj + LW__VPF) * w_row + (size_t)c0 * 18;
-                        for (size_t o = 0; o <= (size_t)kb * 18; o += 64) _mm_prefetch((const char*)(pf + o), _MM_HINT_T0);
+            const __m512i vidx = _mm512_loadu_si512(idx);
+            const uint8_t* pf = w + (size_t)(j0 + 16) * w_row;   // the next group's rows (past the tile: the next tile's)
+            __m512 acc = _mm512_setzero_ps();
+            for (int b0 = 0; b0 < nb; b0 += 4) {
+                int nq = LW__MIN(4, nb - b0);
+                if (r == 0)   // as far into each of them as this step goes into these (the last step: to their ends)
+                    for (int jj = 0; jj < 16; jj++) {
+                        _mm_prefetch((const char*)(pf + (size_t)jj * w_row + (size_t)b0 * 18), _MM_HINT_T0);
+                        if (b0 + 4 >= nb) _mm_prefetch((const char*)(pf + (size_t)jj * w_row + w_row - 1), _MM_HINT_T0);
                     }
-                    for (int q = 0; q < nq; q++) {
-                        const uint8_t* qb = wr + (size_t)(4 * q) * 18;
-                        __m512i v;
-                        if (4 * q + 4 <= kb) {
-                            v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i*)(qb + 2)));
-                            v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i*)(qb + 20)), 1);
-                            v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i*)(qb + 38)), 2);
-                            v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i*)(qb + 56)), 3);
-                            DH[4 * q][jj] = lw__ld16(qb);
-                            DH[4 * q + 1][jj] = lw__ld16(qb + 18);
-                            DH[4 * q + 2][jj] = lw__ld16(qb + 36);
-                            DH[4 * q + 3][jj] = lw__ld16(qb + 54);
-                        } else {
-                            v = _mm512_setzero_si512();
-                            for (int c = 0; 4 * q + c < kb; c++) {
-                                v = _mm512_mask_broadcast_i32x4(v, (__mmask16)(0xFu << (4 * c)), _mm_loadu_si128((const __m128i*)(qb + 18 * c + 2)));
-                                DH[4 * q + c][jj] = lw__ld16(qb + 18 * c);
-                            }
-                        }
-                        __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-                        S[q * 16 + jj] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(NC[q], lo, XL[q]), hi, XH[q]);
+                __m512i XL = _mm512_setzero_si512(), XH = _mm512_setzero_si512();
+                for (int c = 0; c < nq; c++) {
+                    const uint8_t* xb = xr + (size_t)(b0 + c) * 34 + 2;
+                    XL = _mm512_mask_broadcast_i32x4(XL, (__mmask16)(0xFu << (4 * c)), _mm_loadu_si128((const __m128i*)xb));
+                    XH = _mm512_mask_broadcast_i32x4(XH, (__mmask16)(0xFu << (4 * c)), _mm_loadu_si128((const __m128i*)(xb + 16)));
+                }
+                __m512i NC = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), c8, XL), c8, XH));
+                __m512i S[16];
+                if (nq == 4) {
+                    LW__UNROLL for (int jj = 0; jj < 16; jj++) {
+                        const uint8_t* qb = wr[jj] + (size_t)b0 * 18 + 2;
+                        __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i*)qb));
+                        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i*)(qb + 18)), 1);
+                        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i*)(qb + 36)), 2);
+                        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i*)(qb + 54)), 3);
+                        S[jj] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(NC, _mm512_and_si512(v, m4), XL), _mm512_and_si512(_mm512_srli_epi16(v, 4), m4), XH);
+                    }
+                } else {
+                    for (int jj = 0; jj < 16; jj++) {
+                        const uint8_t* qb = wr[jj] + (size_t)b0 * 18 + 2;
+                        __m512i v = _mm512_setzero_si512();
+                        for (int c = 0; c < nq; c++)
+                            v = _mm512_mask_broadcast_i32x4(v, (__mmask16)(0xFu << (4 * c)), _mm_loadu_si128((const __m128i*)(qb + 18 * c)));
+                        S[jj] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(NC, _mm512_and_si512(v, m4), XL), _mm512_and_si512(_mm512_srli_epi16(v, 4), m4), XH);
                     }
                 }
-                __m512 acc = c0 == 0 ? _mm512_setzero_ps() : ACC[j0 / 16];
-                for (int q = 0; q < nq; q++) {
-                    __m512i sb[4];
-                    lw__v_qreduce(S + q * 16, sb);
-                    for (int c = 0; c < 4 && 4 * q + c < kb; c++) {
-                        int b = 4 * q + c;
-                        __m512 sc = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)DH[b])), _mm512_set1_ps(DXF[b]));
-                        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sb[c]), sc, acc);
-                    }
+                __m512i sb[4];
+                lw__v_qreduce(S, sb);
+                for (int c = 0; c < nq; c++) {
+                    int b = b0 + c;
+                    __m512i dd = _mm512_i32gather_epi32(vidx, (const void*)(w + (size_t)j0 * w_row + (size_t)b * 18), 1);
+                    __m512 sc = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd)), _mm512_set1_ps(_cvtsh_ss(lw__ld16(xr + (size_t)b * 34))));
+                    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sb[c]), sc, acc);
                 }
-                if (c0 + 4 * LW__VQP < nb) { ACC[j0 / 16] = acc; continue; }
-                float* o = y + (size_t)r * ys + j0;
-                __mmask16 mk = (__mmask16)((1u << m) - 1);
-                if (accumulate) acc = _mm512_add_ps(_mm512_maskz_loadu_ps(mk, o), acc);
-                _mm512_mask_storeu_ps(o, mk, acc);
             }
+            float* o = y + (size_t)r * ys + j0;
+            __mmask16 mk = (__mmask16)((1u << m) - 1);
+            if (accumulate) acc = _mm512_add_ps(_mm512_maskz_loadu_ps(mk, o), acc);
+            _mm512_mask_storeu_ps(o, mk, acc);
         }
     }
 }
@@ -5363,7 +5326,7 @@ LW__TVNNI static void lw__v_tile_q8_0(const uint8_t* w, size_t w_row, const uint
                                       float* y, size_t ys, int accumulate) {
     if (nr > 8) lw__v_rows(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 0);
     else if (nr >= LW__QROWS_MIN) lw__v_rows8(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 0);
-    else lw__v_cols(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 0);
+    else lw__v_cols8(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate);
 }
 LW__TVNNI static void lw__v_tile_q4_0(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
                                       float* y, size_t ys, int accumulate) {
