@@ -4529,6 +4529,23 @@ LW__T512 static LW__INL void lw__z_fmicro(const uint8_t* w, size_t w_row, const 
             LW__UNROLL for (int j = 0; j < MJ; j++) acc[j][r] = _mm512_fmadd_ps(wv[j], xv, acc[j][r]);
         }
     }
+    if (MJ == 4) {   // 4 rows at a time: v[4j + r] = pair (j, r), so chunk r of the sums holds row r's 4
+        LW__UNROLL for (int r0 = 0; r0 < MR; r0 += 4) {
+            __m512 v[16];
+            LW__UNROLL for (int j = 0; j < 4; j++)
+                LW__UNROLL for (int r = 0; r < 4; r++) v[4 * j + r] = acc[j][r0 + r < MR ? r0 + r : r0];
+            __m512 s = lw__z_hsum16(v);
+            LW__UNROLL for (int r = 0; r < 4; r++) {
+                if (r0 + r >= MR) break;
+                float* o = y + (size_t)(r0 + r) * ys;
+                __m128 q = _mm512_castps512_ps128(
+                    _mm512_permutexvar_ps(_mm512_add_epi32(_mm512_set1_epi32(4 * r), _mm512_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3)), s));
+                if (accumulate) q = _mm_add_ps(_mm_loadu_ps(o), q);
+                _mm_storeu_ps(o, q);
+            }
+        }
+        return;
+    }
     LW__UNROLL for (int r = 0; r < MR; r++)
         LW__UNROLL for (int j = 0; j < MJ; j++) {
             float v = lw__z_hsum(acc[j][r]), *o = y + (size_t)r * ys + j;
@@ -4618,161 +4635,17 @@ LW__T512 static LW__INL void lw__z_ftile(const uint8_t* w, size_t w_row, const u
     }
 }
 
-// The float tile for many rows (a batched decode step, a prefill): GEBP order, so that each W row is
-// read from memory once for all the rows of the call. Rows in chunks of at most LW__ZG_RC; per chunk, k
-// in blocks of kc elements (the chunk's x rows over a block, at most LW__ZG_XB bytes, stay in L1); per
-// k-block, W in micro-panels of 4 rows, each converted once to floats (P, zero past k and in missing
-// rows) and then taken by every row group of the chunk: micro-tiles of 4 W rows x up to 6 x rows. W rows
-// a few micro-panels ahead are prefetched. The partial sums wait in buf between k-blocks. The numbers
-// are lw__z_fmicro's: the same lanes, the same fused multiply-adds in the same order, the same tree.
-enum {
-    LW__ZG_MIN = 7,      // nr from which the float tiles take this path (one row group: lw__z_ftile)
-    LW__ZG_RC  = 16,     // rows per chunk
-    LW__ZG_CB  = 32,     // W rows per column block (buf: CB x RC pairs of 16 partial sums, 32 KiB)
-    LW__ZG_XB  = 24576,  // bytes of x per k-block
-    LW__ZG_KC  = 768,    // the longest k-block (P: 4 x 768 floats)
-    LW__ZG_PFD = 2       // micro-panels prefetched ahead
-};
-
-LW__T512 static LW__INL void lw__z_gmicro(const float* P, const uint8_t* x, size_t x_row, int k, int i0, int i1, float* b,
-                                         int first, int last, float* y, size_t ys, int accumulate, int mj, const int MR) {
-    __m512 acc[4][6];
-    LW__UNROLL for (int j = 0; j < 4; j++)
-        LW__UNROLL for (int r = 0; r < MR; r++)
-            acc[j][r] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(b + ((size_t)j * LW__ZG_RC + r) * 16);
-    int kf = LW__MIN(i1, k & ~15), i = i0;
-    const float* p = P;
-    for (; i < kf; i += 16, p += 16) {
-        __m512 wv[4];
-        LW__UNROLL for (int j = 0; j < 4; j++) wv[j] = _mm512_loadu_ps(p + (size_t)j * LW__ZG_KC);
-        LW__UNROLL for (int r = 0; r < MR; r++) {
-            __m512 xv = _mm512_loadu_ps((const float*)(x + (size_t)r * x_row) + i);
-            LW__KEEP(xv);
-            LW__UNROLL for (int j = 0; j < 4; j++) acc[j][r] = _mm512_fmadd_ps(wv[j], xv, acc[j][r]);
-        }
-    }
-    if (i < i1) {   // the partial last chunk: P holds zeros past k, x is read with them
-        __mmask16 m = (__mmask16)((1u << (k & 15)) - 1);
-        __m512 wv[4];
-        LW__UNROLL for (int j = 0; j < 4; j++) wv[j] = _mm512_loadu_ps(p + (size_t)j * LW__ZG_KC);
-        LW__UNROLL for (int r = 0; r < MR; r++) {
-            __m512 xv = _mm512_maskz_loadu_ps(m, (const float*)(x + (size_t)r * x_row) + i);
-            LW__UNROLL for (int j = 0; j < 4; j++) acc[j][r] = _mm512_fmadd_ps(wv[j], xv, acc[j][r]);
-        }
-    }
-    if (!last) {
-        LW__UNROLL for (int j = 0; j < 4; j++)
-            LW__UNROLL for (int r = 0; r < MR; r++) _mm512_storeu_ps(b + ((size_t)j * LW__ZG_RC + r) * 16, acc[j][r]);
-        return;
-    }
-    // 4 rows at a time: v[4j + r] = pair (j, r), so the result's chunk r holds row r's 4 sums
-    const __mmask8 m = (__mmask8)((1u << mj) - 1);
-    LW__UNROLL for (int r0 = 0; r0 < MR; r0 += 4) {
-        __m512 v[16];
-        LW__UNROLL for (int j = 0; j < 4; j++)
-            LW__UNROLL for (int r = 0; r < 4; r++) v[4 * j + r] = acc[j][r0 + r < MR ? r0 + r : r0];
-        __m512 s = lw__z_hsum16(v);
-        LW__UNROLL for (int r = 0; r < 4; r++) {
-            if (r0 + r >= MR) break;
-            float* o = y + (size_t)(r0 + r) * ys;
-            __m128 q = _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_add_epi32(_mm512_set1_epi32(4 * r), _mm512_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3)), s));
-            if (accumulate) q = _mm_add_ps(_mm_maskz_loadu_ps(m, o), q);
-            _mm_mask_storeu_ps(o, m, q);
-        }
-    }
-}
-
-// W rows [0, mj) (mj <= 4), elements [i0, i1) -> P as floats (zeros past k and for rows mj..3).
-LW__T512 static LW__INL void lw__z_gpack(const uint8_t* w, size_t w_row, int k, int i0, int i1, int mj, float* P, const int wt) {
-    const size_t es = wt == 0 ? 4 : 2;
-    int kf = LW__MIN(i1, k & ~15);
-    for (int j = 0; j < 4; j++) {
-        float* p = P + (size_t)j * LW__ZG_KC;
-        if (j >= mj) {
-            for (int i = i0; i < i1; i += 16, p += 16) _mm512_storeu_ps(p, _mm512_setzero_ps());
-            continue;
-        }
-        const uint8_t* wr = w + (size_t)j * w_row;
-        int i = i0;
-        for (; i + 64 <= kf; i += 64, p += 64) {
-            __m512 a = lw__z_ldw(wr + (size_t)i * es, wt), b = lw__z_ldw(wr + (size_t)(i + 16) * es, wt);
-            __m512 c = lw__z_ldw(wr + (size_t)(i + 32) * es, wt), d = lw__z_ldw(wr + (size_t)(i + 48) * es, wt);
-            _mm512_storeu_ps(p, a);
-            _mm512_storeu_ps(p + 16, b);
-            _mm512_storeu_ps(p + 32, c);
-            _mm512_storeu_ps(p + 48, d);
-        }
-        for (; i < kf; i += 16, p += 16) _mm512_storeu_ps(p, lw__z_ldw(wr + (size_t)i * es, wt));
-        if (i < i1) _mm512_storeu_ps(p, lw__z_ldw_tail(wr + (size_t)i * es, wt, (__mmask16)((1u << (k & 15)) - 1)));
-    }
-}
-
-LW__T512 static LW__INL void lw__z_gtile(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
-                                        float* y, size_t ys, int accumulate, const int wt) {
-    const size_t es = wt == 0 ? 4 : 2;
-    const int k16 = (k + 15) & ~15;
-    float buf[LW__ZG_CB * LW__ZG_RC * 16];
-    float P[4 * LW__ZG_KC];
-    int nch = (nr + LW__ZG_RC - 1) / LW__ZG_RC;
-    for (int c = 0, r0 = 0; c < nch; c++) {
-        int rc = (nr - r0) / (nch - c);   // chunks of even size
-        int kc = LW__MIN(LW__ZG_KC, (LW__ZG_XB / (rc * 4)) & ~15);
-        int nkb = (k16 + kc - 1) / kc;
-        kc = ((k16 + nkb - 1) / nkb + 15) & ~15;   // blocks of even size
-        const uint8_t* xc = x + (size_t)r0 * x_row;
-        for (int j0 = 0; j0 < nj; j0 += LW__ZG_CB) {
-            int mjb = LW__MIN(LW__ZG_CB, nj - j0);
-            for (int k0 = 0; k0 < k16; k0 += kc) {
-                int k1 = LW__MIN(k16, k0 + kc), first = k0 == 0, last = k1 == k16;
-                for (int jp = 0; jp < mjb; jp += 4) {
-                    const uint8_t* wp = w + (size_t)(j0 + jp) * w_row;
-                    if (c == 0) {   // the same piece of the rows PFD micro-panels on (past this column block: its next one's)
-                        const uint8_t* pf = wp + (size_t)(4 * LW__ZG_PFD) * w_row + (size_t)k0 * es;
-                        size_t len = (size_t)(LW__MIN(k1, k) - k0) * es;
-                        for (int t = 0; t < 4; t++)
-                            for (size_t o = 0; o <= len; o += 64) _mm_prefetch((const char*)(pf + (size_t)t * w_row + o), _MM_HINT_T0);
-                    }
-                    int mj = LW__MIN(4, mjb - jp);
-                    lw__z_gpack(wp, w_row, k, k0, k1, mj, P, wt);
-                    float* yp = y + (size_t)r0 * ys + j0 + jp;
-                    float* bp = buf + (size_t)jp * LW__ZG_RC * 16;
-                    for (int r = 0; r < rc;) {
-                        int mr = LW__MIN(6, rc - r);
-                        if (rc - r == 7 || rc - r == 8) mr = 4;   // 4 + 3 or 4 rather than 6 + 1 or 2
-                        const uint8_t* xr = xc + (size_t)r * x_row;
-                        float* yr = yp + (size_t)r * ys;
-                        float* br = bp + (size_t)r * 16;
-                        switch (mr) {
-                        case 6: lw__z_gmicro(P, xr, x_row, k, k0, k1, br, first, last, yr, ys, accumulate, mj, 6); break;
-                        case 5: lw__z_gmicro(P, xr, x_row, k, k0, k1, br, first, last, yr, ys, accumulate, mj, 5); break;
-                        case 4: lw__z_gmicro(P, xr, x_row, k, k0, k1, br, first, last, yr, ys, accumulate, mj, 4); break;
-                        case 3: lw__z_gmicro(P, xr, x_row, k, k0, k1, br, first, last, yr, ys, accumulate, mj, 3); break;
-                        case 2: lw__z_gmicro(P, xr, x_row, k, k0, k1, br, first, last, yr, ys, accumulate, mj, 2); break;
-                        default: lw__z_gmicro(P, xr, x_row, k, k0, k1, br, first, last, yr, ys, accumulate, mj, 1); break;
-                        }
-                        r += mr;
-                    }
-                }
-            }
-        }
-        r0 += rc;
-    }
-}
-
 LW__T512 static void lw__z_tile_f32(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
                                     float* y, size_t ys, int accumulate) {
-    if (nr >= LW__ZG_MIN) lw__z_gtile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 0);
-    else lw__z_ftile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 0);
+    lw__z_ftile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 0);
 }
 LW__T512 static void lw__z_tile_f16(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
                                     float* y, size_t ys, int accumulate) {
-    if (nr >= LW__ZG_MIN) lw__z_gtile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 1);
-    else lw__z_ftile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 1);
+    lw__z_ftile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 1);
 }
 LW__T512 static void lw__z_tile_bf16(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
                                      float* y, size_t ys, int accumulate) {
-    if (nr >= LW__ZG_MIN) lw__z_gtile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 2);
-    else lw__z_ftile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 2);
+    lw__z_ftile(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 2);
 }
 
 // ==================================================================================================
