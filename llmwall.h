@@ -6031,8 +6031,8 @@ static void lw__cpu_scores(const lw__cpu_kernels* K, lw_type kv_type, const uint
 
 // out[h] += sum over t of p[h * p_stride + t] * V entry t, for nh heads (out rows of hd floats,
 // contiguous) and m V entries kv_row bytes apart, t in increasing order: per element the same chain of
-// multiply-adds however the entries are grouped. F32 entries are read in place, 16 elements of a head
-// at a time summed over all m entries in registers; other types are converted an entry at a time.
+// multiply-adds however the entries are grouped. F32 entries are read in place, 64 (then 16) elements of
+// a head at a time summed over all m entries in registers; other types are converted an entry at a time.
 static void lw__cpu_add_v(const lw__type_traits* kt, const uint8_t* v0, size_t kv_row, int m, int hd, const float* p,
                           size_t p_stride, int nh, float* LW__RESTRICT out, float* LW__RESTRICT tmp /* [512] */) {
     if (kt == &lw__types[LW_TYPE_F32]) {
@@ -6040,6 +6040,15 @@ static void lw__cpu_add_v(const lw__type_traits* kt, const uint8_t* v0, size_t k
             const float* ph = p + (size_t)h * p_stride;
             float* o = out + (size_t)h * hd;
             int d0 = 0;
+            for (; d0 + 64 <= hd; d0 += 64) {   // 64 elements at once: independent chains enough to hide the add latency
+                float acc[64];
+                memcpy(acc, o + d0, sizeof acc);
+                for (int t = 0; t < m; t++) {
+                    const float* v = (const float*)(v0 + (size_t)t * kv_row) + d0;
+                    for (int e = 0; e < 64; e++) acc[e] += ph[t] * v[e];
+                }
+                memcpy(o + d0, acc, sizeof acc);
+            }
             for (; d0 + 16 <= hd; d0 += 16) {
                 float acc[16];
                 memcpy(acc, o + d0, sizeof acc);
