@@ -4,7 +4,8 @@
 # the place on the roofline, at batch 1 and batched (closed loops of 1 and $BATCH clients).
 #
 #   bench/diffusion.sh shipped      the shipped models: tiny-shakespeare (ar), -mdiff, -bdiff
-#   bench/diffusion.sh 110m         random-weight 110M models of the same three kinds (made with mkmodel)
+#   bench/diffusion.sh 110m         random-weight models of the 110M shape, the same three kinds, with an
+#                                   untied output head (135M parameters; made with mkmodel)
 #
 # Every request: the prompt "ROMEO:" (shipped) or 16 random ids (110m), 64 generated tokens, greedy,
 # ignoring end-of-generation tokens. Masked diffusion: blocks of 16, 64 steps (1 token a step), 32 steps
@@ -23,8 +24,10 @@ case $WHICH in
         PROMPT="--prompt ROMEO:" ;;
     110m)
         d=${BENCH_MODELS:-build/bench-models}; mkdir -p "$d"
-        shape="--dim 768 --layers 12 --heads 12 --ff 2048 --ctx 2048 --tied --vocab-from ../shared/vocab/ggml-vocab-llama-spm.gguf --type f16"
-        AR=$d/llama110m-f16.gguf; MD=$d/llada110m-f16.gguf; BD=$d/bd16-110m-f16.gguf
+        # untied: with a random tied head the mask token's own embedding wins every masked position's
+        # argmax (x0 = mask), and a diffusion step then unmasks nothing
+        shape="--dim 768 --layers 12 --heads 12 --ff 2048 --ctx 2048 --vocab-from ../shared/vocab/ggml-vocab-llama-spm.gguf --type f16"
+        AR=$d/llama110m-untied-f16.gguf; MD=$d/llada110m-untied-f16.gguf; BD=$d/bd16-110m-untied-f16.gguf
         [ -f "$AR" ] || build/mkmodel -o "$AR" $shape
         [ -f "$MD" ] || build/mkmodel -o "$MD" $shape --arch llada --non-causal --mask-token
         [ -f "$BD" ] || build/mkmodel -o "$BD" $shape --arch llada --non-causal --mask-token --block-size 16
