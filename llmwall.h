@@ -4492,18 +4492,19 @@ LW__T512 static LW__INL __m512 lw__z_hsum16(const __m512* v) {
     return _mm512_add_ps(_mm512_shuffle_ps(w2[0], w2[1], _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_ps(w2[0], w2[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-// Micro-tile of MJ W rows x MR x rows over the k-block [k0, k1): partial sums start at zero when k0 is
-// 0, else come from buf ([j][6][16] floats); at k1 == k the tail is added, the lanes reduced and the
-// results stored, else the sums go back to buf. MJ x MR accumulators + MJ weight vectors <= 28 zmm.
-LW__T512 static LW__INL void lw__z_fmicro(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int k0,
-                                         int k1, float* buf, float* y, size_t ys, int accumulate, const int wt,
+// Micro-tile of MJ W rows x MR x rows over a k-block of n elements (w and x point at its start; a
+// block other than the last is whole chunks of 16): partial sums start at zero for the first block,
+// else come from buf ([j][6][16] floats); after the last block the tail is added, the lanes reduced and
+// the results stored, else the sums go back to buf. MJ x MR accumulators + MJ weight vectors <= 28 zmm.
+LW__T512 static LW__INL void lw__z_fmicro(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int n, int first,
+                                         int last, float* buf, float* y, size_t ys, int accumulate, const int wt,
                                          const int MJ, const int MR) {
     const size_t es = wt == 0 ? 4 : 2;
     __m512 acc[4][6];
     LW__UNROLL for (int j = 0; j < MJ; j++)
         LW__UNROLL for (int r = 0; r < MR; r++)
-            acc[j][r] = k0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(buf + (j * 6 + r) * 16);
-    int kf = LW__MIN(k1, k & ~15), i = k0;
+            acc[j][r] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(buf + (j * 6 + r) * 16);
+    int kf = n & ~15, i = 0;
     for (; i < kf; i += 16) {
         __m512 wv[4];
         LW__UNROLL for (int j = 0; j < MJ; j++) {
@@ -4515,13 +4516,13 @@ LW__T512 static LW__INL void lw__z_fmicro(const uint8_t* w, size_t w_row, const 
             LW__UNROLL for (int j = 0; j < MJ; j++) acc[j][r] = _mm512_fmadd_ps(wv[j], xv, acc[j][r]);
         }
     }
-    if (k1 < k) {
+    if (!last) {
         LW__UNROLL for (int j = 0; j < MJ; j++)
             LW__UNROLL for (int r = 0; r < MR; r++) _mm512_storeu_ps(buf + (j * 6 + r) * 16, acc[j][r]);
         return;
     }
-    if (k & 15) {
-        __mmask16 m = (__mmask16)((1u << (k & 15)) - 1);
+    if (n & 15) {
+        __mmask16 m = (__mmask16)((1u << (n & 15)) - 1);
         __m512 wv[4];
         LW__UNROLL for (int j = 0; j < MJ; j++) wv[j] = lw__z_ldw_tail(w + (size_t)j * w_row + (size_t)i * es, wt, m);
         LW__UNROLL for (int r = 0; r < MR; r++) {
@@ -4587,11 +4588,39 @@ LW__T512 static LW__INL void lw__z_fshort(const uint8_t* w, size_t w_row, const 
     }
 }
 
+// lw__z_fmicro with the tile shape chosen at run time: 4 W rows (mj4) or 1, mr = 6, 4, 2 or 1 x rows.
+LW__T512 static LW__INL void lw__z_fmicro_any(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int n, int first,
+                                             int last, float* buf, float* y, size_t ys, int accumulate, const int wt, int mj4, int mr) {
+#define LW__ZF_CASE(MJ, MR) lw__z_fmicro(w, w_row, x, x_row, n, first, last, buf, y, ys, accumulate, wt, MJ, MR)
+    if (mj4) switch (mr) {
+        case 6: LW__ZF_CASE(4, 6); break;
+        case 4: LW__ZF_CASE(4, 4); break;
+        case 2: LW__ZF_CASE(4, 2); break;
+        default: LW__ZF_CASE(4, 1); break;
+        }
+    else switch (mr) {
+        case 6: LW__ZF_CASE(1, 6); break;
+        case 4: LW__ZF_CASE(1, 4); break;
+        case 2: LW__ZF_CASE(1, 2); break;
+        default: LW__ZF_CASE(1, 1); break;
+        }
+#undef LW__ZF_CASE
+}
+static inline int lw__z_group_rows(int left) { return left >= 6 ? 6 : left >= 4 ? 4 : left >= 2 ? 2 : 1; }
+
+// The W rows LW__ZF_PF on from wj (past the tile: the next tile's, read next), nt of them, into L1.
+LW__T512 static LW__INL void lw__z_prefetch_rows(const uint8_t* wj, size_t w_row, int nt) {
+    const uint8_t* pf = wj + (size_t)LW__ZF_PF * w_row;
+    for (int t = 0; t < nt; t++)
+        for (size_t o = 0; o <= w_row; o += 64) _mm_prefetch((const char*)(pf + (size_t)t * w_row + o), _MM_HINT_T0);
+}
+
 // A float tile: rows in groups of 6 (then 4, 2, 1), W rows in groups of 4 (then 1). With many rows
 // and a long k, k is split in blocks of LW__X_KC so a group's x rows stay in L1 while the W panel
 // passes; the partial sums wait in buf between blocks (exact: only where they live changes).
 LW__T512 static LW__INL void lw__z_ftile(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj,
                                         int nr, float* y, size_t ys, int accumulate, const int wt) {
+    const size_t es = wt == 0 ? 4 : 2;
     if (k <= LW__ZF_SHORT && nr <= 3) {
         for (int r = 0; r < nr; r++) lw__z_fshort(w, w_row, x + (size_t)r * x_row, k, nj, y + (size_t)r * ys, accumulate, wt);
         return;
@@ -4599,36 +4628,18 @@ LW__T512 static LW__INL void lw__z_ftile(const uint8_t* w, size_t w_row, const u
     float buf[LW__X_TILE_COLS * 6 * 16];
     int kc = nr >= 6 && k > LW__X_KC_MIN && nj <= LW__X_TILE_COLS ? LW__X_KC : k;
     for (int r0 = 0; r0 < nr;) {
-        int mr = nr - r0 >= 6 ? 6 : nr - r0 >= 4 ? 4 : nr - r0 >= 2 ? 2 : 1;
+        int mr = lw__z_group_rows(nr - r0);
         const uint8_t* xr = x + (size_t)r0 * x_row;
         float* yr = y + (size_t)r0 * ys;
         for (int k0 = 0; k0 < k; k0 += kc) {
             int k1 = k - k0 > kc ? k0 + kc : k;
             for (int j0 = 0; j0 < nj;) {
                 const uint8_t* wj = w + (size_t)j0 * w_row;
-                float* b = buf + j0 * 6 * 16;
-                if (r0 == 0 && k0 == 0) {   // the W rows LW__ZF_PF on (past the tile: the next tile's, read next)
-                    const uint8_t* pf = wj + (size_t)LW__ZF_PF * w_row;
-                    for (int t = 0; t < (nj - j0 >= 4 && nr >= 4 ? 4 : 1); t++)
-                        for (size_t o = 0; o <= w_row; o += 64) _mm_prefetch((const char*)(pf + (size_t)t * w_row + o), _MM_HINT_T0);
-                }
-                if (nj - j0 >= 4 && nr >= 4) {   // (fewer rows: one W row at a time, one stream; see above)
-                    switch (mr) {
-                    case 6: lw__z_fmicro(wj, w_row, xr, x_row, k, k0, k1, b, yr + j0, ys, accumulate, wt, 4, 6); break;
-                    case 4: lw__z_fmicro(wj, w_row, xr, x_row, k, k0, k1, b, yr + j0, ys, accumulate, wt, 4, 4); break;
-                    case 2: lw__z_fmicro(wj, w_row, xr, x_row, k, k0, k1, b, yr + j0, ys, accumulate, wt, 4, 2); break;
-                    default: lw__z_fmicro(wj, w_row, xr, x_row, k, k0, k1, b, yr + j0, ys, accumulate, wt, 4, 1); break;
-                    }
-                    j0 += 4;
-                } else {
-                    switch (mr) {
-                    case 6: lw__z_fmicro(wj, w_row, xr, x_row, k, k0, k1, b, yr + j0, ys, accumulate, wt, 1, 6); break;
-                    case 4: lw__z_fmicro(wj, w_row, xr, x_row, k, k0, k1, b, yr + j0, ys, accumulate, wt, 1, 4); break;
-                    case 2: lw__z_fmicro(wj, w_row, xr, x_row, k, k0, k1, b, yr + j0, ys, accumulate, wt, 1, 2); break;
-                    default: lw__z_fmicro(wj, w_row, xr, x_row, k, k0, k1, b, yr + j0, ys, accumulate, wt, 1, 1); break;
-                    }
-                    j0 += 1;
-                }
+                int mj4 = nj - j0 >= 4 && nr >= 4;   // (fewer rows: one W row at a time, one stream; see above)
+                if (r0 == 0 && k0 == 0) lw__z_prefetch_rows(wj, w_row, mj4 ? 4 : 1);
+                lw__z_fmicro_any(wj + (size_t)k0 * es, w_row, xr + (size_t)k0 * 4, x_row, k1 - k0, k0 == 0, k1 == k,
+                                 buf + j0 * 6 * 16, yr + j0, ys, accumulate, wt, mj4, mr);
+                j0 += mj4 ? 4 : 1;
             }
         }
         r0 += mr;
