@@ -4789,50 +4789,60 @@ LW__T256 static void lw__y_tile_bf16(const uint8_t* w, size_t w_row, const uint8
 enum { LW__VNG = LW__X_TILE_ROWS / 16,   // lane groups of 16 rows in one pass of the rows path
        LW__VPF = 4 };                      // W rows prefetched ahead (rows and cols paths)
 
-// Activation rows [0, nr) (rows past nr repeat row nr-1; their lanes are never stored), blocks
-// [b0, b0 + kb), repacked for the rows path: X[(g*QKB + bi)*8 + q] holds, in lane l, bytes 4q..4q+3 of
-// row 16g+l's block; XC[g*QKB + bi] lane l = -c * the block's sum; DX its scale. The 16 x 8
-// transposition of 32-bit groups: Z_i = [row a | row a+4] for a = 0,1,2,3,8,9,10,11, interleaved by 32
-// then 64 bits, then 128-bit chunks picked so that the lanes come out in row order.
+// 16 rows' 32 bytes at rp[i] + off, transposed by 32-bit groups: G[p] lane l = bytes 4p..4p+3 of row l.
+// Z_i = [row a | row a+4] for a = 0,1,2,3,8,9,10,11, interleaved by 32 then 64 bits, then 128-bit
+// chunks picked so that the lanes come out in row order.
+LW__TVNNI static LW__INL void lw__v_transpose32(const uint8_t* const* rp, size_t off, __m512i* G) {
+    static const int a[8] = { 0, 1, 2, 3, 8, 9, 10, 11 };
+    __m512i Z[8], T[8], U[8];
+    for (int i = 0; i < 8; i++)
+        Z[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(rp[a[i]] + off))),
+                                  _mm256_loadu_si256((const __m256i*)(rp[a[i] + 4] + off)), 1);
+    for (int h = 0; h < 2; h++) {
+        T[4 * h + 0] = _mm512_unpacklo_epi32(Z[4 * h + 0], Z[4 * h + 1]);
+        T[4 * h + 1] = _mm512_unpackhi_epi32(Z[4 * h + 0], Z[4 * h + 1]);
+        T[4 * h + 2] = _mm512_unpacklo_epi32(Z[4 * h + 2], Z[4 * h + 3]);
+        T[4 * h + 3] = _mm512_unpackhi_epi32(Z[4 * h + 2], Z[4 * h + 3]);
+        U[4 * h + 0] = _mm512_unpacklo_epi64(T[4 * h + 0], T[4 * h + 2]);
+        U[4 * h + 1] = _mm512_unpackhi_epi64(T[4 * h + 0], T[4 * h + 2]);
+        U[4 * h + 2] = _mm512_unpacklo_epi64(T[4 * h + 1], T[4 * h + 3]);
+        U[4 * h + 3] = _mm512_unpackhi_epi64(T[4 * h + 1], T[4 * h + 3]);
+    }
+    for (int p = 0; p < 4; p++) {
+        G[p] = _mm512_shuffle_i32x4(U[p], U[4 + p], 0x88);
+        G[4 + p] = _mm512_shuffle_i32x4(U[p], U[4 + p], 0xDD);
+    }
+}
+
+// Lane group g's 16 row pointers (rows past nr repeat row nr-1; their lanes are never stored) and
+// their offsets from the first, for gathers.
+LW__TVNNI static LW__INL __m512i lw__v_group_rows(const uint8_t* x, size_t x_row, int nr, int g, const uint8_t** rp) {
+    int32_t idx[16];
+    for (int l = 0; l < 16; l++) {
+        int rr = LW__MIN(g * 16 + l, nr - 1);
+        rp[l] = x + (size_t)rr * x_row;
+        idx[l] = (int32_t)((size_t)(rr - g * 16) * x_row);
+    }
+    return _mm512_loadu_si512(idx);
+}
+
+// Activation rows [0, nr), blocks [b0, b0 + kb), repacked for the rows path: X[(g*QKB + bi)*8 + q]
+// holds, in lane l, bytes 4q..4q+3 of row 16g+l's block; XC[g*QKB + bi] lane l = -c * the block's sum;
+// DX its scale.
 LW__TVNNI static void lw__v_repack(const uint8_t* x, size_t x_row, int nr, int b0, int kb, int kbs, int q4, __m512i* X, __m512i* XC,
                                    __m512* DX) {
-    static const int a[8] = { 0, 1, 2, 3, 8, 9, 10, 11 };
     const __m512i ones = _mm512_set1_epi8(1);
     for (int g = 0; g * 16 < nr; g++) {
         const uint8_t* rp[16];
-        int32_t idx[16];
-        for (int l = 0; l < 16; l++) {
-            int rr = LW__MIN(g * 16 + l, nr - 1);
-            rp[l] = x + (size_t)rr * x_row;
-            idx[l] = (int32_t)((size_t)(rr - g * 16) * x_row);
-        }
-        __m512i vidx = _mm512_loadu_si512(idx);
+        __m512i vidx = lw__v_group_rows(x, x_row, nr, g, rp);
         for (int bi = 0; bi < kb; bi++) {
             size_t off = (size_t)(b0 + bi) * 34;
             __m512i dd = _mm512_i32gather_epi32(vidx, (const void*)(rp[0] + off), 1);
             DX[g * kbs + bi] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd));
-            __m512i Z[8], T[8], U[8];
-            for (int i = 0; i < 8; i++)
-                Z[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(rp[a[i]] + off + 2))),
-                                          _mm256_loadu_si256((const __m256i*)(rp[a[i] + 4] + off + 2)), 1);
-            for (int h = 0; h < 2; h++) {
-                T[4 * h + 0] = _mm512_unpacklo_epi32(Z[4 * h + 0], Z[4 * h + 1]);
-                T[4 * h + 1] = _mm512_unpackhi_epi32(Z[4 * h + 0], Z[4 * h + 1]);
-                T[4 * h + 2] = _mm512_unpacklo_epi32(Z[4 * h + 2], Z[4 * h + 3]);
-                T[4 * h + 3] = _mm512_unpackhi_epi32(Z[4 * h + 2], Z[4 * h + 3]);
-                U[4 * h + 0] = _mm512_unpacklo_epi64(T[4 * h + 0], T[4 * h + 2]);
-                U[4 * h + 1] = _mm512_unpackhi_epi64(T[4 * h + 0], T[4 * h + 2]);
-                U[4 * h + 2] = _mm512_unpacklo_epi64(T[4 * h + 1], T[4 * h + 3]);
-                U[4 * h + 3] = _mm512_unpackhi_epi64(T[4 * h + 1], T[4 * h + 3]);
-            }
             __m512i* G = X + (size_t)(g * kbs + bi) * 8;
+            lw__v_transpose32(rp, off + 2, G);
             __m512i sum = _mm512_setzero_si512();
-            for (int p = 0; p < 4; p++) {
-                G[p] = _mm512_shuffle_i32x4(U[p], U[4 + p], 0x88);
-                G[4 + p] = _mm512_shuffle_i32x4(U[p], U[4 + p], 0xDD);
-                sum = _mm512_dpbusd_epi32(sum, ones, G[p]);
-                sum = _mm512_dpbusd_epi32(sum, ones, G[4 + p]);
-            }
+            for (int p = 0; p < 8; p++) sum = _mm512_dpbusd_epi32(sum, ones, G[p]);
             XC[g * kbs + bi] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sum, q4 ? 3 : 7));
         }
     }
@@ -5793,6 +5803,152 @@ LW__T256 static LW__INL __m256 lw__y_kchain(const lw__kgroup* G, const uint8_t* 
 LW__KTILE(y, LW__T256, __m256i)
 LW__KTILE(v, LW__TVNNI, __m512i)
 
+// The K-quants' rows path (avx512 + VNNI, 4 or more activation rows): lanes across 16 Q8_K rows as in
+// lw__v_rows. A W row's super-block is unpacked once to unsigned bytes (lw__y_q4_K_unpack's and
+// lw__y_q6_K_unpack's q), each 4-byte group of it broadcast against the 16 rows' same group, and
+// VPDPBUSD forms every sub-block's sum s_j of q x for the 16 rows at once; VPMULLD scales it. The rest
+// comes from the rows' bsums (pairs of 16-bit sums, VPDPWSSD against pairs of the W row's numbers):
+//   Q4_K: isum = sum_j sc_j s_j (8 sub-blocks of 32)    msum = sum_j m_j (bsums_2j + bsums_2j+1)
+//   Q6_K: isum = sum_j sc_j s_j - 32 sum_j sc_j bsums_j (16 sub-blocks of 16)
+// the exact integers of >>quant's definition, so the float chain (the same fused steps in block order)
+// gives the cols paths' numbers bitwise.
+enum { LW__KXU = 8 };   // (lane group, super-block) pairs of repacked activations per k-chunk: 4.5 KiB each
+
+// Q8_K rows [0, nr), super-blocks [b0, b0 + kb), repacked: X[(g*kbs + bi)*64 + q] lane l = bytes
+// 4q..4q+3 of row 16g+l's values, BS[(g*kbs + bi)*8 + p] lane l = its bsums 2p and 2p+1, DX its scale.
+LW__TVNNI static void lw__v_krepack(const uint8_t* x, size_t x_row, int nr, int b0, int kb, int kbs, __m512i* X, __m512i* BS,
+                                    __m512* DX) {
+    for (int g = 0; g * 16 < nr; g++) {
+        const uint8_t* rp[16];
+        __m512i vidx = lw__v_group_rows(x, x_row, nr, g, rp);
+        for (int bi = 0; bi < kb; bi++) {
+            size_t off = (size_t)(b0 + bi) * sizeof(lw__block_q8_K);
+            int u = g * kbs + bi;
+            DX[u] = _mm512_castsi512_ps(_mm512_i32gather_epi32(vidx, (const void*)(rp[0] + off), 1));
+            for (int c = 0; c < 8; c++) lw__v_transpose32(rp, off + 4 + 32 * (size_t)c, X + (size_t)u * 64 + 8 * c);
+            lw__v_transpose32(rp, off + 260, BS + (size_t)u * 8);
+        }
+    }
+}
+
+// A W row's super-block for the rows path: its values as bytes, scales (and Q4_K's minimums as pairs
+// [m_j, m_j], Q6_K's scales as pairs [sc_2p, sc_2p+1], both for VPDPWSSD against the bsum pairs).
+typedef struct lw__krow {
+    uint8_t q[256];
+    int32_t sc[16], pairs[8];
+    float   d, dmin;
+} lw__krow;
+
+LW__TVNNI static LW__INL void lw__v_krow_unpack(const uint8_t* blk, lw__krow* R, const int q6) {
+    __m256i Q[8], SC[8], E;
+    if (q6) {
+        lw__y_q6_K_unpack(blk, Q, SC, &E);
+        const int8_t* sc = (const int8_t*)(blk + 192);
+        for (int j = 0; j < 16; j++) R->sc[j] = sc[j];
+        for (int p = 0; p < 8; p++) R->pairs[p] = (int32_t)((uint32_t)(uint16_t)sc[2 * p] | (uint32_t)(uint16_t)sc[2 * p + 1] << 16);
+        R->d = _cvtsh_ss(lw__ld16(blk + 208));
+        R->dmin = 0.0f;
+    } else {
+        lw__y_q4_K_unpack(blk, Q, SC, &E);
+        uint8_t sc[8], m[8];
+        lw__q4_K_scales(blk + 4, sc, m);
+        for (int j = 0; j < 8; j++) { R->sc[j] = sc[j]; R->pairs[j] = (int32_t)((uint32_t)m[j] * 0x10001u); }
+        R->d = _cvtsh_ss(lw__ld16(blk));
+        R->dmin = _cvtsh_ss(lw__ld16(blk + 2));
+    }
+    for (int v = 0; v < 8; v++) _mm256_storeu_si256((__m256i*)(R->q + 32 * v), Q[v]);
+}
+
+// One W row against NG lane groups over kb super-blocks; sums from accb unless first, back to accb.
+LW__TVNNI static LW__INL void lw__v_krows_j(const lw__krow* R, int kb, int kbs, const __m512i* X, const __m512i* BS, const __m512* DX,
+                                           __m512* accb, int first, const int q6, const int NG) {
+    const int SUB = q6 ? 16 : 8, GROUPS = 64 / SUB;   // sub-blocks, and 4-byte groups in each
+    __m512 acc[LW__VNG];
+    LW__UNROLL for (int g = 0; g < NG; g++) acc[g] = first ? _mm512_setzero_ps() : accb[g];
+    for (int bi = 0; bi < kb; bi++, R++) {
+        __m512i is[LW__VNG], ps[LW__VNG];
+        LW__UNROLL for (int g = 0; g < NG; g++) { is[g] = _mm512_setzero_si512(); ps[g] = _mm512_setzero_si512(); }
+        for (int j = 0; j < SUB; j++) {
+            __m512i wb[8];
+            LW__UNROLL for (int q = 0; q < GROUPS; q++) wb[q] = _mm512_set1_epi32((int)lw__ld32(R->q + 4 * (GROUPS * j + q)));
+            __m512i scj = _mm512_set1_epi32(R->sc[j]);
+            LW__UNROLL for (int g = 0; g < NG; g++) {
+                const __m512i* xg = X + (size_t)(g * kbs + bi) * 64 + GROUPS * j;
+                __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+                LW__UNROLL for (int q = 0; q < GROUPS; q += 2) {
+                    s0 = _mm512_dpbusd_epi32(s0, wb[q], xg[q]);
+                    s1 = _mm512_dpbusd_epi32(s1, wb[q + 1], xg[q + 1]);
+                }
+                is[g] = _mm512_add_epi32(is[g], _mm512_mullo_epi32(_mm512_add_epi32(s0, s1), scj));
+            }
+        }
+        LW__UNROLL for (int p = 0; p < 8; p++) {
+            __m512i pp = _mm512_set1_epi32(R->pairs[p]);
+            LW__UNROLL for (int g = 0; g < NG; g++) ps[g] = _mm512_dpwssd_epi32(ps[g], BS[(size_t)(g * kbs + bi) * 8 + p], pp);
+        }
+        __m512 d = _mm512_set1_ps(R->d), dm = _mm512_set1_ps(R->dmin);
+        LW__UNROLL for (int g = 0; g < NG; g++) {
+            __m512 dx = DX[g * kbs + bi];
+            if (q6) {
+                __m512i isum = _mm512_sub_epi32(is[g], _mm512_slli_epi32(ps[g], 5));
+                acc[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, dx), acc[g]);
+            } else {
+                acc[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[g]), _mm512_mul_ps(d, dx), acc[g]);
+                acc[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_setzero_si512(), ps[g])), _mm512_mul_ps(dm, dx), acc[g]);
+            }
+        }
+    }
+    LW__UNROLL for (int g = 0; g < NG; g++) accb[g] = acc[g];
+}
+
+// The rows path's tile: per k-chunk (LW__KXU / lane groups super-blocks, 36 KiB of repacked
+// activations in L1) every W row of the tile passes, its piece unpacked once, rows LW__VPF on prefetched.
+LW__TVNNI static LW__INL void lw__v_krows(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
+                                         float* y, size_t ys, int accumulate, const int q6) {
+    __m512i X[LW__KXU * 64], BS[LW__KXU * 8];
+    __m512 DX[LW__KXU];
+    __m512 ACC[LW__X_TILE_COLS * LW__VNG];
+    lw__krow R[LW__KXU];
+    const int nb = k / 256;
+    const size_t bs = q6 ? sizeof(lw__block_q6_K) : sizeof(lw__block_q4_K);
+    for (int r0 = 0; r0 < nr; r0 += LW__X_TILE_ROWS) {
+        int mr = LW__MIN(LW__X_TILE_ROWS, nr - r0), ng = (mr + 15) / 16, kbs = LW__KXU / ng;
+        for (int j0 = 0; j0 < nj; j0 += LW__X_TILE_COLS) {
+            int mj = LW__MIN(LW__X_TILE_COLS, nj - j0);
+            for (int b0 = 0; b0 < nb; b0 += kbs) {
+                int kb = LW__MIN(kbs, nb - b0), first = b0 == 0, last = b0 + kb >= nb;
+                lw__v_krepack(x + (size_t)r0 * x_row, x_row, mr, b0, kb, kbs, X, BS, DX);
+                for (int j = 0; j < mj; j++) {
+                    const uint8_t* wr = w + (size_t)(j0 + j) * w_row + (size_t)b0 * bs;
+                    if (r0 == 0) {
+                        const uint8_t* pf = wr + (size_t)LW__VPF * w_row;
+                        for (size_t o = 0; o <= (size_t)kb * bs; o += 64) _mm_prefetch((const char*)(pf + o), _MM_HINT_T0);
+                    }
+                    for (int bi = 0; bi < kb; bi++) lw__v_krow_unpack(wr + (size_t)bi * bs, &R[bi], q6);
+                    __m512* accb = ACC + j * LW__VNG;
+                    switch (ng) {
+                    case 1: lw__v_krows_j(R, kb, kbs, X, BS, DX, accb, first, q6, 1); break;
+                    case 2: lw__v_krows_j(R, kb, kbs, X, BS, DX, accb, first, q6, 2); break;
+                    case 3: lw__v_krows_j(R, kb, kbs, X, BS, DX, accb, first, q6, 3); break;
+                    default: lw__v_krows_j(R, kb, kbs, X, BS, DX, accb, first, q6, 4); break;
+                    }
+                }
+                if (last) lw__v_rows_out(ACC, mj, mr, y + (size_t)r0 * ys + j0, ys, accumulate);
+            }
+        }
+    }
+}
+LW__TVNNI static void lw__v_tile_q4_K_any(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
+                                          float* y, size_t ys, int accumulate) {
+    if (nr >= LW__QROWS_MIN) lw__v_krows(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 0);
+    else lw__v_tile_q4_K(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate);
+}
+LW__TVNNI static void lw__v_tile_q6_K_any(const uint8_t* w, size_t w_row, const uint8_t* x, size_t x_row, int k, int nj, int nr,
+                                          float* y, size_t ys, int accumulate) {
+    if (nr >= LW__QROWS_MIN) lw__v_krows(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate, 1);
+    else lw__v_tile_q6_K(w, w_row, x, x_row, k, nj, nr, y, ys, accumulate);
+}
+
 // F32 -> Q8_K, bit for bit lw__q8_K_from_float: amax over |x| ignoring NaN (VMAXPS returns its second
 // operand when either is NaN, so |x| goes first), then x * id clamped as fminf(fmaxf(v, -127), 127)
 // clamps it (NaN -> -127), rounded half away from zero as in the Q8_0 quantisers, and the sums of 16.
@@ -5875,8 +6031,8 @@ static lw__cpu_kernels lw__avx512_kernels(void) {
     if (lw__x86_has(3)) {
         k.tile[LW_TYPE_Q8_0] = lw__v_tile_q8_0;
         k.tile[LW_TYPE_Q4_0] = lw__v_tile_q4_0;
-        k.tile[LW_TYPE_Q4_K] = lw__v_tile_q4_K;
-        k.tile[LW_TYPE_Q6_K] = lw__v_tile_q6_K;
+        k.tile[LW_TYPE_Q4_K] = lw__v_tile_q4_K_any;
+        k.tile[LW_TYPE_Q6_K] = lw__v_tile_q6_K_any;
     }
     return k;
 }
