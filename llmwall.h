@@ -4415,7 +4415,8 @@ static lw__cpu_kernels lw__portable_kernels(void) {
 // memory bandwidth. The quantised types have two paths with the same numbers: "rows" (lanes across 16
 // (avx512) or 8 (avx2) activation rows, activations repacked per call so that each 4-byte group of a
 // W row is broadcast to all of them) for nr >= LW__QROWS_MIN, and "cols" (lanes across 16 or 8 W rows:
-// per-row integer dots reduced into one vector per block by a transposition) for fewer rows.
+// per-row integer dots reduced into one vector per block by a transposition) for fewer rows. The
+// K-quants have the rows path in the avx512 + VNNI set (lw__v_krows); elsewhere one W row at a time.
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define LW__X86_KERNELS 1
