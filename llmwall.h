@@ -4452,6 +4452,10 @@ enum {
 
 static inline uint32_t lw__ld32(const void* p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static inline uint16_t lw__ld16(const void* p) { uint16_t v; memcpy(&v, p, 2); return v; }
+// The cache lines of [p, p + bytes] into L1 (a hint: never faults, so p may run past the weights).
+static inline void lw__prefetch_piece(const uint8_t* p, size_t bytes) {
+    for (size_t o = 0; o <= bytes; o += 64) _mm_prefetch((const char*)(p + o), _MM_HINT_T0);
+}
 
 // ==================================================================================================
 // avx512: float-activation tiles (F32, F16, BF16 weights)
@@ -4611,9 +4615,7 @@ static inline int lw__z_group_rows(int left) { return left >= 6 ? 6 : left >= 4 
 
 // The W rows LW__ZF_PF on from wj (past the tile: the next tile's, read next), nt of them, into L1.
 LW__T512 static LW__INL void lw__z_prefetch_rows(const uint8_t* wj, size_t w_row, int nt) {
-    const uint8_t* pf = wj + (size_t)LW__ZF_PF * w_row;
-    for (int t = 0; t < nt; t++)
-        for (size_t o = 0; o <= w_row; o += 64) _mm_prefetch((const char*)(pf + (size_t)t * w_row + o), _MM_HINT_T0);
+    for (int t = 0; t < nt; t++) lw__prefetch_piece(wj + (size_t)(LW__ZF_PF + t) * w_row, w_row);
 }
 
 // A float tile: rows in groups of 6 (then 4, 2, 1), W rows in groups of 4 (then 1). With many rows
@@ -4947,10 +4949,7 @@ LW__TVNNI static LW__INL void lw__v_rows(const uint8_t* w, size_t w_row, const u
                 lw__v_repack(x + (size_t)r0 * x_row, x_row, mr, b0, kb, kbs, q4, X, XC, DX);
                 for (int j = 0; j < mj; j++) {
                     const uint8_t* wr = w + (size_t)(j0 + j) * w_row + (size_t)b0 * bs;
-                    if (r0 == 0) {
-                        const uint8_t* pf = wr + (size_t)LW__VPF * w_row;
-                        for (size_t o = 0; o <= (size_t)kb * bs; o += 64) _mm_prefetch((const char*)(pf + o), _MM_HINT_T0);
-                    }
+                    if (r0 == 0) lw__prefetch_piece(wr + (size_t)LW__VPF * w_row, (size_t)kb * bs);
                     for (int bi = 0; bi < kb; bi += 16) {   // the scales, 16 blocks at a time
                         __mmask16 m = kb - bi >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (kb - bi)) - 1);
                         __m512i dd = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, vidx, (const void*)(wr + (size_t)bi * bs), 1);
@@ -5026,8 +5025,7 @@ LW__TVNNI static LW__INL void lw__v_rows8(const uint8_t* w, size_t w_row, const 
                 for (int bi = 0; bi < kb; bi++) XC[bi] = _mm256_slli_epi32(XC[bi], 4);   // -8 sum x -> -128 sum x
             for (int j = 0; j < mj; j++) {
                 const uint8_t* wr = w + (size_t)(j0 + j) * w_row + (size_t)b0 * bs;
-                const uint8_t* pf = wr + (size_t)LW__VPF * w_row;
-                for (size_t o = 0; o <= (size_t)kb * bs; o += 64) _mm_prefetch((const char*)(pf + o), _MM_HINT_T0);
+                lw__prefetch_piece(wr + (size_t)LW__VPF * w_row, (size_t)kb * bs);
                 for (int bi = 0; bi < kb; bi += 16) {
                     __mmask16 m = kb - bi >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (kb - bi)) - 1);
                     __m512i dd = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, vidx, (const void*)(wr + (size_t)bi * bs), 1);
@@ -5560,15 +5558,18 @@ LW__T256 static LW__INL void lw__y_hsum2(__m256i a, __m256i b, int32_t* sa, int3
 
 // A Q4_K super-block: Q[j] the 32 nibbles of sub-block j, SC[j] its scale in 16-bit lanes, MN the
 // minimums as 16-bit pairs [m0 m0 m1 m1 ... m7 m7] (against the 16 bsums).
-LW__T256 static LW__INL void lw__y_q4_K_unpack(const uint8_t* blk, __m256i* Q, __m256i* SC, __m256i* MN) {
+LW__T256 static LW__INL void lw__y_q4_K_values(const uint8_t* blk, __m256i* Q) {   // Q alone
     const __m256i m4 = _mm256_set1_epi8(15);
-    uint64_t s8, m8;
-    lw__q4_K_scales8(blk + 4, &s8, &m8);
     LW__UNROLL for (int c = 0; c < 4; c++) {
         __m256i v = _mm256_loadu_si256((const __m256i*)(blk + 16 + 32 * c));
         Q[2 * c] = _mm256_and_si256(v, m4);
         Q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
     }
+}
+LW__T256 static LW__INL void lw__y_q4_K_unpack(const uint8_t* blk, __m256i* Q, __m256i* SC, __m256i* MN) {
+    uint64_t s8, m8;
+    lw__q4_K_scales8(blk + 4, &s8, &m8);
+    lw__y_q4_K_values(blk, Q);
     __m256i s16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)s8)));
     LW__UNROLL for (int j = 0; j < 8; j++) SC[j] = _mm256_shuffle_epi8(s16, _mm256_set1_epi16((short)(0x0100 + 0x0202 * j)));
     __m128i m16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)m8));
@@ -5591,7 +5592,8 @@ LW__T256 static LW__INL void lw__y_q4_K_lanes(const __m256i* Q, const __m256i* S
 
 // A Q6_K super-block: Q[v] the values q (0..63) of positions 32v..32v+31 (sub-blocks 2v, 2v+1), SC[v]
 // their scales in 16-bit lanes (2v in the low 128 bits, 2v+1 in the high), S16 all 16 scales.
-LW__T256 static LW__INL void lw__y_q6_K_unpack(const uint8_t* blk, __m256i* Q, __m256i* SC, __m256i* S16) {
+// Q6_K's values q in 0..63 alone: Q[4h + g] the 32 at 128h + 32g.
+LW__T256 static LW__INL void lw__y_q6_K_values(const uint8_t* blk, __m256i* Q) {
     const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(0x30);
     LW__UNROLL for (int h = 0; h < 2; h++) {
         __m256i l0 = _mm256_loadu_si256((const __m256i*)(blk + 64 * h));
@@ -5602,6 +5604,9 @@ LW__T256 static LW__INL void lw__y_q6_K_unpack(const uint8_t* blk, __m256i* Q, _
         Q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m2));
         Q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(hb, 2), m2));
     }
+}
+LW__T256 static LW__INL void lw__y_q6_K_unpack(const uint8_t* blk, __m256i* Q, __m256i* SC, __m256i* S16) {
+    lw__y_q6_K_values(blk, Q);
     *S16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(blk + 192)));
     const __m256i pick = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
     LW__UNROLL for (int v = 0; v < 8; v++)
@@ -5805,8 +5810,8 @@ LW__KTILE(y, LW__T256, __m256i)
 LW__KTILE(v, LW__TVNNI, __m512i)
 
 // The K-quants' rows path (avx512 + VNNI, 4 or more activation rows): lanes across 16 Q8_K rows as in
-// lw__v_rows. A W row's super-block is unpacked once to unsigned bytes (lw__y_q4_K_unpack's and
-// lw__y_q6_K_unpack's q), each 4-byte group of it broadcast against the 16 rows' same group, and
+// lw__v_rows. A W row's super-block is unpacked once to unsigned bytes (lw__y_q4_K_values,
+// lw__y_q6_K_values), each 4-byte group of it broadcast against the 16 rows' same group, and
 // VPDPBUSD forms every sub-block's sum s_j of q x for the 16 rows at once; VPMULLD scales it. The rest
 // comes from the rows' bsums (pairs of 16-bit sums, VPDPWSSD against pairs of the W row's numbers):
 //   Q4_K: isum = sum_j sc_j s_j (8 sub-blocks of 32)    msum = sum_j m_j (bsums_2j + bsums_2j+1)
@@ -5841,16 +5846,16 @@ typedef struct lw__krow {
 } lw__krow;
 
 LW__TVNNI static LW__INL void lw__v_krow_unpack(const uint8_t* blk, lw__krow* R, const int q6) {
-    __m256i Q[8], SC[8], E;
+    __m256i Q[8];
     if (q6) {
-        lw__y_q6_K_unpack(blk, Q, SC, &E);
+        lw__y_q6_K_values(blk, Q);
         const int8_t* sc = (const int8_t*)(blk + 192);
         for (int j = 0; j < 16; j++) R->sc[j] = sc[j];
         for (int p = 0; p < 8; p++) R->pairs[p] = (int32_t)((uint32_t)(uint16_t)sc[2 * p] | (uint32_t)(uint16_t)sc[2 * p + 1] << 16);
         R->d = _cvtsh_ss(lw__ld16(blk + 208));
         R->dmin = 0.0f;
     } else {
-        lw__y_q4_K_unpack(blk, Q, SC, &E);
+        lw__y_q4_K_values(blk, Q);
         uint8_t sc[8], m[8];
         lw__q4_K_scales(blk + 4, sc, m);
         for (int j = 0; j < 8; j++) { R->sc[j] = sc[j]; R->pairs[j] = (int32_t)((uint32_t)m[j] * 0x10001u); }
@@ -5921,10 +5926,7 @@ LW__TVNNI static LW__INL void lw__v_krows(const uint8_t* w, size_t w_row, const 
                 lw__v_krepack(x + (size_t)r0 * x_row, x_row, mr, b0, kb, kbs, X, BS, DX);
                 for (int j = 0; j < mj; j++) {
                     const uint8_t* wr = w + (size_t)(j0 + j) * w_row + (size_t)b0 * bs;
-                    if (r0 == 0) {
-                        const uint8_t* pf = wr + (size_t)LW__VPF * w_row;
-                        for (size_t o = 0; o <= (size_t)kb * bs; o += 64) _mm_prefetch((const char*)(pf + o), _MM_HINT_T0);
-                    }
+                    if (r0 == 0) lw__prefetch_piece(wr + (size_t)LW__VPF * w_row, (size_t)kb * bs);
                     for (int bi = 0; bi < kb; bi++) lw__v_krow_unpack(wr + (size_t)bi * bs, &R[bi], q6);
                     __m512* accb = ACC + j * LW__VNG;
                     switch (ng) {
