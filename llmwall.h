@@ -4624,7 +4624,7 @@ LW__T512 static LW__INL void lw__z_fmicro_any(const uint8_t* w, size_t w_row, co
 }
 static inline int lw__z_group_rows(int left) { return left >= 6 ? 6 : left >= 4 ? 4 : left >= 2 ? 2 : 1; }
 
-// The W rows LW__ZF_PF on from wj (past the tile: the next tile's, read next), nt of them, into L1.
+// The W rows LW__ZF_PF on from wj (past the tile: the next tile's, read next), nt of them (into L2, as every weight prefetch).
 LW__T512 static LW__INL void lw__z_prefetch_rows(const uint8_t* wj, size_t w_row, int nt) {
     for (int t = 0; t < nt; t++) lw__prefetch_piece(wj + (size_t)(LW__ZF_PF + t) * w_row, w_row);
 }
